@@ -1,0 +1,33 @@
+"""``add_retinanet_config``: the one config node this project adds to detectron2's defaults.
+
+Keys detectron2 already has (``MODEL.RETINANET.*``, ``MODEL.ANCHOR_GENERATOR.*``, ``MODEL.FPN.*``,
+``SOLVER.*``, ``TEST.DETECTIONS_PER_IMAGE``) keep their meaning; only what detectron2 lacks lives here.
+"""
+from detectron2.config import CfgNode as CN
+
+# Values accepted by MODEL.FOCAL_RETINANET.LOSS.
+LOSS_NAMES = ("focal", "focal_star")
+
+
+def add_retinanet_config(cfg: CN) -> CN:
+    """Add ``MODEL.FOCAL_RETINANET`` to ``cfg`` in place and return it. Idempotent."""
+    if "FOCAL_RETINANET" in cfg.MODEL:
+        return cfg
+    node = cfg.MODEL.FOCAL_RETINANET = CN()
+    # Classification loss: "focal" (FL, alpha/gamma from MODEL.RETINANET.FOCAL_LOSS_*; gamma 0 is
+    # alpha-balanced CE) or "focal_star" (FL*, paper Appendix A, with STAR_GAMMA / STAR_BETA).
+    node.LOSS = "focal"
+    # FL*'s gamma and beta: loss = -log(sigmoid(gamma * x_t + beta)) / gamma.
+    node.STAR_GAMMA = 2.0
+    node.STAR_BETA = 1.0
+    # Input of the P6 conv of the FPN top block: "res5" (C5, the paper) or "p5" (torchvision v1).
+    node.P6_INPUT = "res5"
+    # Anchors in the paper's terms, used by ANCHOR_GENERATOR.NAME = "OctaveAnchorGenerator":
+    # sizes on a level of stride s are OCTAVE_BASE_SCALE * s * 2**(i / SCALES_PER_OCTAVE),
+    # i = 0..SCALES_PER_OCTAVE-1; aspect ratios come from MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS.
+    node.OCTAVE_BASE_SCALE = 4.0
+    node.SCALES_PER_OCTAVE = 3
+    # Largest number of ground-truth boxes whose IoU with all anchors is computed at once; bounds
+    # the memory of anchor assignment on images with thousands of boxes.
+    node.MATCHER_CHUNK_BOXES = 256
+    return cfg

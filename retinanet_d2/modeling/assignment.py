@@ -1,0 +1,70 @@
+"""Anchor assignment (§4): IoU >= high -> foreground, < low -> background, in between -> ignored,
+plus each box's highest-IoU anchors ("low-quality matches"). Same rule as detectron2's ``Matcher``
+with ``allow_low_quality_matches=True``, computed over chunks of boxes so that memory stays
+O(chunk x R) for images with thousands of boxes.
+
+One deliberate difference: a box whose best IoU with every anchor is 0 (e.g. a degenerate box) gets
+no low-quality matches; detectron2's ``Matcher`` would mark every anchor as its foreground.
+"""
+from typing import Iterator, Tuple
+
+import torch
+from torch import Tensor
+
+from detectron2.structures import Boxes, pairwise_iou
+
+
+def _iou_chunks(gt_boxes: Tensor, anchors: Tensor, chunk: int) -> Iterator[Tuple[int, Tensor]]:
+    """Yield (first box index, IoU of boxes [i, i + chunk) with all anchors: (g, R))."""
+    anchor_boxes = Boxes(anchors)
+    for start in range(0, gt_boxes.shape[0], chunk):
+        yield start, pairwise_iou(Boxes(gt_boxes[start : start + chunk]), anchor_boxes)
+
+
+@torch.no_grad()
+def match_anchors(
+    gt_boxes: Tensor,
+    anchors: Tensor,
+    low: float = 0.4,
+    high: float = 0.5,
+    low_quality_matches: bool = True,
+    chunk: int = 256,
+) -> Tuple[Tensor, Tensor]:
+    """Match R anchors to G >= 1 ground-truth boxes.
+
+    Args:
+        gt_boxes: (G, 4) XYXY.
+        anchors: (R, 4) XYXY.
+        low, high: IoU thresholds (MODEL.RETINANET.IOU_THRESHOLDS).
+        low_quality_matches: also mark each box's highest-IoU anchors as foreground.
+        chunk: boxes per IoU block.
+
+    Returns:
+        matched_idxs: (R,) int64, index of the highest-IoU box of each anchor.
+        match_labels: (R,) int8 in {-1 ignore, 0 background, 1 foreground}.
+    """
+    num_anchors = anchors.shape[0]
+    best_iou = anchors.new_full((num_anchors,), -1.0)
+    matched_idxs = torch.zeros(num_anchors, dtype=torch.int64, device=anchors.device)
+    best_per_box = []
+    kept_blocks = []  # the IoU blocks, kept only when there is one (no second pass needed)
+    for start, iou in _iou_chunks(gt_boxes, anchors, chunk):
+        values, idxs = iou.max(dim=0)
+        better = values > best_iou
+        best_iou = torch.where(better, values, best_iou)
+        matched_idxs = torch.where(better, idxs + start, matched_idxs)
+        best_per_box.append(iou.max(dim=1).values)
+        if start == 0 and gt_boxes.shape[0] <= chunk:
+            kept_blocks.append((start, iou))
+
+    match_labels = torch.ones(num_anchors, dtype=torch.int8, device=anchors.device)
+    match_labels[best_iou < high] = -1
+    match_labels[best_iou < low] = 0
+    if low_quality_matches:
+        best_per_box = torch.cat(best_per_box)
+        blocks = kept_blocks or _iou_chunks(gt_boxes, anchors, chunk)
+        for start, iou in blocks:
+            best = best_per_box[start : start + iou.shape[0], None]
+            is_best = (iou == best) & (best > 0)
+            match_labels[is_best.any(dim=0)] = 1
+    return matched_idxs, match_labels

@@ -1,0 +1,208 @@
+"""The paper's loss family (§3, Appendix A), numerically stable at every finite logit.
+
+* ``sigmoid_focal_loss``: FL (eq. 5), drop-in for fvcore's / torchvision's (same signature, values).
+* ``sigmoid_focal_loss_star``: FL* (eq. 11 family), drop-in for fvcore's.
+* ``focal_loss_from_labels``: FL summed over a (M, K) logit matrix given class labels, fused: no
+  one-hot target, no saved intermediates, gradient from the paper's eq. 10.
+
+Notation: ``x`` logits, ``t`` targets in [0, 1], ``y = 2t - 1``, ``x_t = y x``, ``p_t = sigmoid(x_t)``.
+"""
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def check_focal_loss_args(alpha: float, gamma: float) -> None:
+    """Raise ValueError unless alpha is in [0, 1] or -1 (no weighting) and gamma >= 0."""
+    if not (alpha == -1 or 0.0 <= alpha <= 1.0):
+        raise ValueError(
+            f"focal loss alpha (MODEL.RETINANET.FOCAL_LOSS_ALPHA) must be in [0, 1] or -1 "
+            f"for none, got {alpha}"
+        )
+    if not gamma >= 0:
+        raise ValueError(
+            f"focal loss gamma (MODEL.RETINANET.FOCAL_LOSS_GAMMA) must be >= 0, got {gamma}"
+        )
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _alpha_weight(targets: Tensor, alpha: float) -> Tensor:
+    """alpha_t = alpha for t = 1, 1 - alpha for t = 0 (linear in between)."""
+    return alpha * targets + (1 - alpha) * (1 - targets)
+
+
+def _log_one_minus_p_t(inputs: Tensor, targets: Tensor) -> Tensor:
+    """log(1 - p_t) = log(t sigmoid(-x) + (1 - t) sigmoid(x)), finite for every finite x."""
+    return torch.logaddexp(
+        torch.log(targets) + F.logsigmoid(-inputs), torch.log1p(-targets) + F.logsigmoid(inputs)
+    )
+
+
+def _cross_entropy(inputs: Tensor, targets: Tensor) -> Tensor:
+    """-t log(p) - (1 - t) log(1 - p) from log-sigmoids; accurate where BCE-with-logits rounds
+    log(1 + e^-|x|) to 0 (|x| > ~17 in float32)."""
+    return -(targets * F.logsigmoid(inputs) + (1 - targets) * F.logsigmoid(-inputs))
+
+
+class _SigmoidFocalLoss(torch.autograd.Function):
+    """Elementwise FL; the backward pass recomputes from (inputs, targets) in log space."""
+
+    @staticmethod
+    def forward(ctx, inputs: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
+        ctx.save_for_backward(inputs, targets)
+        ctx.alpha, ctx.gamma = alpha, gamma
+        loss = _cross_entropy(inputs, targets)
+        if gamma != 0:
+            loss = loss * torch.exp(gamma * _log_one_minus_p_t(inputs, targets))
+        if alpha >= 0:
+            loss = loss * _alpha_weight(targets, alpha)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        x, t = ctx.saved_tensors
+        gamma = ctx.gamma
+        log_p, log_one_minus_p = F.logsigmoid(x), F.logsigmoid(-x)
+        # d CE / dx = p - t, written so that neither t = 0 nor t = 1 cancels catastrophically.
+        grad = (1 - t) * torch.exp(log_p) - t * torch.exp(log_one_minus_p)
+        if gamma != 0:
+            # d (q^gamma CE) / dx with q = 1 - p_t, dq/dx = (1 - 2t) p (1 - p):
+            # q^gamma (p - t) + gamma (1 - 2t) p (1 - p) q^(gamma - 1) CE, powers taken in log space.
+            log_q = _log_one_minus_p_t(x, t)
+            ce = _cross_entropy(x, t)
+            slope = torch.exp(log_p + log_one_minus_p + (gamma - 1) * log_q)
+            grad = torch.exp(gamma * log_q) * grad + gamma * (1 - 2 * t) * slope * ce
+        if ctx.alpha >= 0:
+            grad = grad * _alpha_weight(t, ctx.alpha)
+        return grad * grad_output, None, None, None
+
+
+def sigmoid_focal_loss(
+    inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none"
+) -> Tensor:
+    """Focal loss ``-alpha_t (1 - p_t)**gamma log(p_t)`` (paper eq. 5), elementwise.
+
+    Same values as fvcore's and torchvision's ``sigmoid_focal_loss``; unlike them, values and
+    gradients are finite for every finite logit and every gamma >= 0 (they return NaN gradients for
+    gamma < 1 at saturated logits), and accurate where p_t is within float rounding of 1: powers of
+    ``1 - p_t`` are taken in log space from log-sigmoids, never of an exact zero.
+
+    Args:
+        inputs: logits, any shape.
+        targets: same shape, in [0, 1] (1 positive, 0 negative).
+        alpha: weight of positives in [0, 1]; -1 for no weighting.
+        gamma: focusing parameter >= 0; 0 gives alpha-balanced cross entropy.
+        reduction: "none" (same shape as inputs), "mean" or "sum" (scalars).
+    """
+    check_focal_loss_args(alpha, gamma)
+    loss = _SigmoidFocalLoss.apply(inputs, targets.to(inputs.dtype), float(alpha), float(gamma))
+    return _reduce(loss, reduction)
+
+
+def sigmoid_focal_loss_star(
+    inputs: Tensor,
+    targets: Tensor,
+    alpha: float = -1,
+    gamma: float = 2.0,
+    beta: float = 1.0,
+    reduction: str = "none",
+) -> Tensor:
+    """FL* (paper Appendix A): ``-log(sigmoid(gamma * x_t + beta)) / gamma``, elementwise.
+
+    Its gradient is ``y (p*_t - 1)`` with ``p*_t = sigmoid(gamma * x_t + beta)`` (eq. 11).
+    fvcore's ``sigmoid_focal_loss_star`` is this function with ``beta = 0`` (it has no beta).
+
+    Args:
+        inputs: logits, any shape.
+        targets: same shape, binary (1 positive, 0 negative).
+        alpha: weight of positives in [0, 1]; -1 for no weighting.
+        gamma: > 0.
+        beta: shift of the modified logit.
+        reduction: "none", "mean" or "sum".
+    """
+    check_fl_star_args(gamma, beta)
+    check_focal_loss_args(alpha, 0.0)
+    targets = targets.to(inputs.dtype)
+    shifted = gamma * inputs * (2 * targets - 1) + beta
+    loss = -F.logsigmoid(shifted) / gamma
+    if alpha >= 0:
+        loss = _alpha_weight(targets, alpha) * loss
+    return _reduce(loss, reduction)
+
+
+def check_fl_star_args(gamma: float, beta: float) -> None:
+    """Raise ValueError unless FL*'s gamma > 0 and beta is finite."""
+    if not gamma > 0:
+        raise ValueError(f"FL* gamma (MODEL.FOCAL_RETINANET.STAR_GAMMA) must be > 0, got {gamma}")
+    if not abs(beta) < float("inf"):
+        raise ValueError(f"FL* beta (MODEL.FOCAL_RETINANET.STAR_BETA) must be finite, got {beta}")
+
+
+def _signed_targets(logits: Tensor, labels: Tensor) -> Tensor:
+    """y in {+1, -1} of shape (M, K): +1 where column k == labels[m], else -1."""
+    classes = torch.arange(logits.shape[1], device=logits.device)
+    return (labels[:, None] == classes).to(logits.dtype) * 2 - 1
+
+
+class _FocalLossFromLabels(torch.autograd.Function):
+    """Sum of FL over the rows with labels >= 0; the backward pass recomputes from the logits."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
+        ctx.save_for_backward(logits, labels)
+        ctx.alpha, ctx.gamma = alpha, gamma
+        y = _signed_targets(logits, labels)
+        x_t = y * logits
+        log_p_t = F.logsigmoid(x_t)
+        loss = -torch.sigmoid(-x_t).pow(gamma) * log_p_t
+        if alpha >= 0:
+            loss = loss * (0.5 + y * (alpha - 0.5))  # alpha_t: alpha if y = 1, 1 - alpha if y = -1
+        return loss[labels >= 0].sum()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        logits, labels = ctx.saved_tensors
+        y = _signed_targets(logits, labels)
+        x_t = y * logits
+        p_t = torch.sigmoid(x_t)
+        one_minus_p_t = torch.sigmoid(-x_t)
+        # eq. 10: dFL/dx = y (1 - p_t)^gamma (gamma p_t log(p_t) + p_t - 1)
+        grad = y * one_minus_p_t.pow(ctx.gamma) * (
+            ctx.gamma * p_t * F.logsigmoid(x_t) - one_minus_p_t
+        )
+        if ctx.alpha >= 0:
+            grad = grad * (0.5 + y * (ctx.alpha - 0.5))
+        grad = grad * (labels >= 0).to(grad.dtype)[:, None] * grad_output
+        return grad, None, None, None
+
+
+def focal_loss_from_labels(
+    logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
+    """Summed FL of ``logits`` (M, K) against ``labels`` (M,), without a one-hot copy.
+
+    ``labels`` in {-1 ignore, 0..K-1 class, K background}. Equal to
+    ``sigmoid_focal_loss(logits[valid], one_hot(labels[valid])[:, :K], alpha, gamma, "sum")``.
+    """
+    check_focal_loss_args(alpha, gamma)
+    return _FocalLossFromLabels.apply(logits, labels, float(alpha), float(gamma))
+
+
+def focal_loss_star_from_labels(
+    logits: Tensor, labels: Tensor, alpha: float, gamma: float, beta: float
+) -> Tensor:
+    """Summed FL* of ``logits`` (M, K) against ``labels`` (M,), labels as in focal_loss_from_labels."""
+    valid = labels >= 0
+    targets = (labels[valid][:, None] == torch.arange(logits.shape[1], device=logits.device))
+    return sigmoid_focal_loss_star(logits[valid], targets, alpha, gamma, beta, reduction="sum")

@@ -1,0 +1,31 @@
+"""Drawing detections with detectron2's Visualizer."""
+from typing import List
+
+import numpy as np
+import torch
+
+from detectron2.structures import Instances
+from detectron2.utils.visualizer import Visualizer
+
+
+def draw_detections(
+    image_bgr: np.ndarray, instances: Instances, class_names: List[str], score_thresh: float = 0.5
+) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: ``image_bgr`` with the detections scoring at least ``score_thresh``."""
+    instances = instances.to(torch.device("cpu"))
+    instances = instances[instances.scores >= score_thresh]
+    visualizer = Visualizer(image_bgr[:, :, ::-1], metadata=None)
+    labels = [f"{class_names[c]} {s:.2f}" for c, s in zip(instances.pred_classes.tolist(), instances.scores.tolist())]
+    drawn = visualizer.overlay_instances(boxes=instances.pred_boxes, labels=labels)
+    return drawn.get_image()
+
+
+def tile(images: List[np.ndarray], columns: int) -> np.ndarray:
+    """Images of equal size (H, W, 3) as one (rows*H, columns*W, 3) grid, blanks filled black."""
+    height, width, _ = images[0].shape
+    rows = -(-len(images) // columns)
+    grid = np.zeros((rows * height, columns * width, 3), dtype=images[0].dtype)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
+    return grid

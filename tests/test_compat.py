@@ -1,0 +1,91 @@
+"""The bridges over detectron2 0.6's gaps (retinanet_d2/compat.py), tested on the installed
+detectron2. Skipped where an official detectron2 with compiled ops is installed (nothing bridged)."""
+import inspect
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from retinanet_d2 import compat
+
+bridged = pytest.mark.skipif(compat.has_compiled_ops(), reason="official detectron2: not bridged")
+
+
+def test_bridge_rewrites_and_refuses_an_unknown_source():
+    bridge = compat.SourceBridge("x.py", r"np\.int\b", "int", "why")
+    assert compat.bridge_source_text("a = np.int(3)", bridge) == "a = int(3)"
+    with pytest.raises(compat.BridgeError, match="x.py"):
+        compat.bridge_source_text("a = 3", bridge)
+
+
+def test_numpy_alias_pattern_leaves_sized_types_alone():
+    bridge = next(b for b in compat.SOURCE_BRIDGES if b.path == "detectron2/data/build.py")
+    text = "np.zeros(3, dtype=np.int)\nnp.int64(1)\nx.astype(np.bool)\nnp.float32"
+    assert compat.bridge_source_text(text, bridge) == (
+        "np.zeros(3, dtype=int)\nnp.int64(1)\nx.astype(bool)\nnp.float32"
+    )
+
+
+def test_detectron2_imports_on_its_own():
+    code = (
+        "import sys; import detectron2.modeling, detectron2.engine, detectron2.evaluation, "
+        "detectron2.model_zoo; assert 'retinanet_d2' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@bridged
+def test_pillow_linear_bridge():
+    from detectron2.data.transforms.transform import ExtentTransform
+
+    default = inspect.signature(ExtentTransform.__init__).parameters["interp"].default
+    assert default == Image.BILINEAR
+
+
+@bridged
+def test_numpy_alias_bridge_in_the_class_histogram():
+    from detectron2.data.build import print_instances_class_histogram
+
+    dicts = [{"annotations": [{"category_id": 0, "iscrowd": 0}, {"category_id": 1, "iscrowd": 0}]}]
+    print_instances_class_histogram(dicts, ["a", "b"])  # np.int before the bridge
+
+
+@bridged
+def test_model_zoo_configs_without_pkg_resources():
+    from detectron2 import model_zoo
+
+    path = model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
+    assert os.path.isfile(path)
+
+
+@bridged
+def test_coco_evaluator_uses_pycocotools_cocoeval():
+    from detectron2.evaluation import coco_evaluation
+    from pycocotools.cocoeval import COCOeval
+
+    assert coco_evaluation.COCOeval_opt is COCOeval
+
+
+@bridged
+def test_missing_compiled_ops_raise_naming_the_op():
+    from detectron2 import _C
+    from detectron2.layers import ROIAlignRotated, nms_rotated
+    from detectron2.layers.rotated_boxes import pairwise_iou_rotated
+
+    with pytest.raises(_C.MissingCompiledOpError, match="'roi_align_rotated_forward'.*full build"):
+        ROIAlignRotated((2, 2), 1.0, 0)(torch.zeros(1, 1, 4, 4), torch.tensor([[0.0, 2, 2, 2, 2, 0]]))
+    with pytest.raises(_C.MissingCompiledOpError, match="'box_iou_rotated'"):
+        pairwise_iou_rotated(torch.zeros(1, 5), torch.zeros(1, 5))
+    with pytest.raises(_C.MissingCompiledOpError, match="'nms_rotated'"):
+        nms_rotated(torch.zeros(1, 5), torch.zeros(1), 0.5)
+
+
+@bridged
+def test_collect_env_reports_the_missing_compiler():
+    from detectron2.utils.collect_env import collect_env_info
+
+    assert "installed without compiled ops" in collect_env_info()

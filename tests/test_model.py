@@ -1,0 +1,146 @@
+import inspect
+import math
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_backbone, build_model
+from detectron2.structures import Boxes
+from detectron2.utils.events import EventStorage
+
+import retinanet_d2
+from helpers import as_detectron2_retinanet, image_with_boxes, tiny_cfg, well_scaled_model
+from retinanet_d2.modeling.head import FocalRetinaNetHead
+from retinanet_d2.modeling.meta_arch import FocalRetinaNet
+
+
+def test_fpn_levels_shapes_and_strides():
+    cfg = tiny_cfg()
+    backbone = build_backbone(cfg)
+    shapes = backbone.output_shape()
+    assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
+        "p3": (32, 8), "p4": (32, 16), "p5": (32, 32), "p6": (32, 64), "p7": (32, 128)
+    }
+    # P6 is a 3x3/2 conv on C5 (512 channels for R18), P7 on ReLU(P6).
+    assert backbone.top_block.p6.in_channels == 512
+    assert backbone.top_block.p6.stride == (2, 2) and backbone.top_block.p6.kernel_size == (3, 3)
+    features = backbone(torch.zeros(1, 3, 160, 224))
+    assert {k: tuple(v.shape[2:]) for k, v in features.items()} == {
+        "p3": (20, 28), "p4": (10, 14), "p5": (5, 7), "p6": (3, 4), "p7": (2, 2)
+    }
+
+
+def test_p6_from_p5_option():
+    cfg = tiny_cfg(**{"MODEL.FOCAL_RETINANET.P6_INPUT": "p5"})
+    assert build_backbone(cfg).top_block.p6.in_channels == 32
+    cfg = tiny_cfg(**{"MODEL.FOCAL_RETINANET.P6_INPUT": "c4"})
+    with pytest.raises(ValueError, match="P6_INPUT"):
+        build_backbone(cfg)
+
+
+def test_head_initialisation():
+    cfg = tiny_cfg(**{"MODEL.RETINANET.NUM_CONVS": 4, "MODEL.FPN.OUT_CHANNELS": 64})
+    torch.manual_seed(0)
+    head = build_model(cfg).head
+    assert torch.equal(head.cls_score.bias, torch.full_like(head.cls_score.bias, -math.log(99)))
+    assert head.cls_score.out_channels == 9 * 5 and head.bbox_pred.out_channels == 9 * 4
+    convs = [m for m in head.cls_subnet if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4
+    for conv in convs + [head.bbox_pred]:
+        assert torch.equal(conv.bias, torch.zeros_like(conv.bias))
+        assert conv.weight.mean().abs() < 1e-3 and abs(conv.weight.std() - 0.01) < 1e-3
+
+
+def test_r50_parameter_count_and_detectron2_module_names():
+    cfg = get_cfg()
+    retinanet_d2.add_retinanet_config(cfg)
+    cfg.merge_from_file(f"{__file__.rsplit('/', 2)[0]}/configs/retinanet_R50_FPN_1x.yaml")
+    cfg.MODEL.DEVICE = "cpu"
+    ours = build_model(cfg)
+    assert sum(p.numel() for p in ours.parameters()) == 37_915_572
+    ref_cfg = as_detectron2_retinanet(cfg)
+    ref = build_model(ref_cfg)
+    assert set(ours.state_dict()) == set(ref.state_dict())
+
+
+@pytest.fixture(scope="module")
+def twins():
+    """FocalRetinaNet and detectron2's RetinaNet with identical weights."""
+    cfg = tiny_cfg()
+    ours = well_scaled_model(cfg)
+    ref = build_model(as_detectron2_retinanet(cfg))
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    return ours, ref
+
+
+def test_same_losses_and_gradients_as_detectron2_under_the_same_normaliser(twins):
+    ours, ref = twins
+    batch = [image_with_boxes(seed=0), image_with_boxes(seed=1)]
+    ours.train(), ref.train()
+    with EventStorage():
+        losses = ours(batch)
+        images = ours.preprocess_image(batch)
+        features = ours.backbone(images.tensor)
+        anchors = Boxes.cat(ours.anchor_generator([features[f] for f in ours.head_in_features]))
+        labels, _ = ours.label_anchors(anchors, [b["instances"] for b in batch])
+        num_foreground = float(((labels >= 0) & (labels < 5)).sum())
+        ref.loss_normalizer = num_foreground  # detectron2's EMA then stays at this value
+        ref_losses = ref(batch)
+    assert num_foreground > 0
+    for key in ("loss_cls", "loss_box_reg"):
+        torch.testing.assert_close(losses[key], ref_losses[key], rtol=1e-5, atol=1e-6)
+    ours.zero_grad(), ref.zero_grad()
+    sum(losses.values()).backward()
+    sum(ref_losses.values()).backward()
+    ref_params = dict(ref.named_parameters())
+    for name, param in ours.named_parameters():
+        torch.testing.assert_close(param.grad, ref_params[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_same_detections_as_detectron2(twins):
+    ours, ref = twins
+    ours.eval(), ref.eval()
+    inputs = [{"image": image_with_boxes(seed=s)["image"]} for s in (2, 3)]
+    with torch.no_grad():
+        a = ours(inputs)
+        b = ref(inputs)
+    for x, y in zip(a, b):
+        x, y = x["instances"], y["instances"]
+        assert len(x) == len(y) > 10
+        torch.testing.assert_close(x.pred_boxes.tensor, y.pred_boxes.tensor)
+        torch.testing.assert_close(x.scores, y.scores)
+        assert torch.equal(x.pred_classes, y.pred_classes)
+
+
+def test_config_defaults_equal_constructor_defaults():
+    cfg = tiny_cfg()
+    from_cfg = FocalRetinaNet.from_config(cfg)
+    for name, param in inspect.signature(FocalRetinaNet.__init__).parameters.items():
+        if param.default is not inspect.Parameter.empty and name in from_cfg:
+            value = from_cfg[name]
+            assert (tuple(value) if isinstance(value, list) else value) == param.default, name
+    head_cfg = FocalRetinaNetHead.from_config(cfg, list(build_backbone(cfg).output_shape().values()))
+    for name, param in inspect.signature(FocalRetinaNetHead.__init__).parameters.items():
+        if param.default is not inspect.Parameter.empty:
+            assert head_cfg[name] == param.default, name
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("MODEL.RETINANET.FOCAL_LOSS_GAMMA", -1.0, "FOCAL_LOSS_GAMMA"),
+        ("MODEL.RETINANET.FOCAL_LOSS_ALPHA", 1.5, "FOCAL_LOSS_ALPHA"),
+        ("MODEL.RETINANET.IOU_THRESHOLDS", [0.5, 0.4], "IOU_THRESHOLDS"),
+        ("MODEL.RETINANET.IOU_LABELS", [0, 1, -1], "IOU_LABELS"),
+        ("MODEL.RETINANET.NORM", "BN", "MODEL.RETINANET.NORM"),
+        ("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "diou", "BBOX_REG_LOSS_TYPE"),
+        ("MODEL.RETINANET.IN_FEATURES", ["p2", "p3"], "IN_FEATURES"),
+        ("MODEL.RETINANET.PRIOR_PROB", 1.0, "PRIOR_PROB"),
+        ("MODEL.FOCAL_RETINANET.LOSS", "ohem_typo", "MODEL.FOCAL_RETINANET.LOSS"),
+        ("MODEL.FOCAL_RETINANET.MATCHER_CHUNK_BOXES", 0, "MATCHER_CHUNK_BOXES"),
+    ],
+)
+def test_bad_settings_fail_at_build_naming_the_key(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(tiny_cfg(**{key: value}))

@@ -1,0 +1,69 @@
+"""End to end through train_net.py: a few DefaultTrainer iterations on the embedded dataset, then
+--eval-only from the checkpoint it wrote; and every config file parses and builds."""
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import retinanet_d2
+from helpers import CONFIGS, REPO
+
+INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
+
+
+def run_train_net(*args):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train_net.py"), *args],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def copypaste_ap(log):
+    """The AP row of detectron2's copypaste lines, as floats."""
+    rows = re.findall(r"copypaste: ([-\d.nan,]+)$", log, flags=re.M)
+    return [float(v) for v in rows[-1].split(",")]
+
+
+def test_train_then_eval_only_from_the_checkpoint(tmp_path):
+    log = run_train_net("--config-file", INSTANT, "OUTPUT_DIR", str(tmp_path))
+    assert "iter: 9" in log
+    assert os.path.isfile(tmp_path / "model_final.pth")
+    assert os.path.isfile(tmp_path / "model_0000004.pth")
+    trained = copypaste_ap(log)
+    log = run_train_net(
+        "--config-file", INSTANT, "--eval-only", "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"),
+        "OUTPUT_DIR", str(tmp_path / "eval"),
+    )
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    assert copypaste_ap(log) == pytest.approx(trained, nan_ok=True)
+
+
+def test_unreachable_weights_are_named(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", INSTANT,
+         "MODEL.WEIGHTS", str(tmp_path / "missing.pkl"), "OUTPUT_DIR", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode != 0
+    assert "MODEL.WEIGHTS=" + str(tmp_path / "missing.pkl") in result.stderr
+
+
+@pytest.mark.parametrize(
+    "path", sorted(glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)),
+    ids=lambda p: os.path.relpath(p, CONFIGS),
+)
+def test_every_config_parses_and_builds(path):
+    cfg = get_cfg()
+    retinanet_d2.add_retinanet_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert type(model).__name__ == "FocalRetinaNet"

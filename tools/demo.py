@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""The demo: train FocalRetinaNet from scratch on the embedded shapes dataset on CPU with the stock
+DefaultTrainer, evaluate the held-out split with COCOEvaluator, and draw detections into a PNG.
+
+    python tools/demo.py [--config-file configs/shapes_demo.yaml] [--images 8] [KEY VALUE ...]
+"""
+import argparse
+import os
+import sys
+
+import cv2
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train_net  # noqa: E402  (the repository's train_net.py)
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+
+from retinanet_d2.visualize import draw_detections, tile  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--config-file", default=os.path.join(REPO, "configs", "shapes_demo.yaml"))
+    parser.add_argument("--images", type=int, default=8, help="held-out images to draw")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = parser.parse_args()
+
+    train_args = train_net.default_argument_parser().parse_args(
+        ["--config-file", args.config_file, *args.opts]
+    )
+    train_net.main(train_args)  # trains, then evaluates the test split (COCOEvaluator)
+
+    cfg = train_net.setup(train_args)
+    model = train_net.Trainer.build_model(cfg)
+    DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    model.eval()
+    dataset = cfg.DATASETS.TEST[0]
+    class_names = MetadataCatalog.get(dataset).thing_classes
+    drawn = []
+    for record in DatasetCatalog.get(dataset)[: args.images]:
+        image = cv2.imread(record["file_name"])
+        tensor = torch.as_tensor(image.transpose(2, 0, 1).copy(), dtype=torch.float32)
+        with torch.no_grad():
+            instances = model([{"image": tensor}])[0]["instances"]
+        drawn.append(draw_detections(image, instances, class_names))
+    output = os.path.join(cfg.OUTPUT_DIR, "detections.png")
+    cv2.imwrite(output, tile(drawn, columns=4)[:, :, ::-1])
+    print(f"[demo] detections on {len(drawn)} held-out images: {output}")
+
+
+if __name__ == "__main__":
+    main()
