@@ -12,12 +12,16 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import COCOEvaluator
 
 import retinanet_d2
-from retinanet_d2.data import check_dataset_files
+from retinanet_d2.compat import default_trainer_saves_optimizer, replace_train_loader
+from retinanet_d2.data import check_dataset_files, check_num_classes
+from retinanet_d2.data.resumable import build_resumable_train_loader
 from retinanet_d2.weights import resolve_weights
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with COCOEvaluator and a clear error for missing dataset files."""
+    """DefaultTrainer with COCOEvaluator, clear errors for missing or mismatched datasets, and
+    exact resumption: the optimizer state is checkpointed (detectron2 0.6 does not) and the train
+    loader continues where the checkpointed run stopped."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -25,15 +29,36 @@ class Trainer(DefaultTrainer):
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
     @classmethod
-    def build_train_loader(cls, cfg):
+    def build_train_loader(cls, cfg, start_iter=0):
         for name in cfg.DATASETS.TRAIN:
             check_dataset_files(name)
-        return super().build_train_loader(cfg)
+        loader = build_resumable_train_loader(cfg, start_iter)
+        for name in cfg.DATASETS.TRAIN:
+            check_num_classes(name, cfg.MODEL.RETINANET.NUM_CLASSES)
+        return loader
+
+    def state_dict(self):
+        state = super().state_dict()
+        if not default_trainer_saves_optimizer():
+            state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if not default_trainer_saves_optimizer() and "_trainer" in state:
+            self._trainer.load_state_dict(state["_trainer"])
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            replace_train_loader(self._trainer, self.build_train_loader(self.cfg, self.start_iter))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         check_dataset_files(dataset_name)
-        return super().build_test_loader(cfg, dataset_name)
+        loader = super().build_test_loader(cfg, dataset_name)
+        check_num_classes(dataset_name, cfg.MODEL.RETINANET.NUM_CLASSES)
+        return loader
 
 
 def setup(args):

@@ -10,6 +10,8 @@ no official detectron2 is present, after ``bridge_sources`` has rewritten the ex
 * ``PIL.Image.LINEAR`` (removed in Pillow 10) -> ``Image.BILINEAR`` (the same filter).
 * ``np.int`` / ``np.float`` / ``np.bool`` (removed in numpy 1.24) -> ``int`` / ``float`` / ``bool``.
 * ``pkg_resources`` (gone from recent setuptools) -> the path of ``detectron2/model_zoo``.
+* CPU-only distributed training (gloo), which current detectron2 supports and v0.6 does not:
+  ``launch`` picks gloo without CUDA and ``create_ddp_model`` passes no device_ids for CPU models.
 
 The rewrite touches only the extracted detectron2 sources, so nothing changes for other libraries or
 user code, and an official detectron2 (with its compiled ops) is never touched. Each rule must match
@@ -121,6 +123,31 @@ SOURCE_BRIDGES: List[SourceBridge] = [
         "from detectron2 import _C\n\n    return _C.nms_rotated(boxes, scores, iou_threshold)",
         "the rotated NMS op is registered by detectron2._C",
     ),
+    SourceBridge(
+        "detectron2/engine/launch.py",
+        r'assert torch\.cuda\.is_available\(\), "cuda is not available\. Please check your installation\."',
+        "has_gpu = torch.cuda.is_available()",
+        "v0.6's launch requires CUDA; current detectron2 falls back to gloo on CPU",
+    ),
+    SourceBridge(
+        "detectron2/engine/launch.py",
+        r'backend="NCCL",',
+        'backend="NCCL" if has_gpu else "GLOO",',
+        "v0.6's launch requires CUDA; current detectron2 falls back to gloo on CPU",
+    ),
+    SourceBridge(
+        "detectron2/engine/launch.py",
+        r"assert num_gpus_per_machine <= torch\.cuda\.device_count\(\)\n    torch\.cuda\.set_device\(local_rank\)",
+        "if has_gpu:\n        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
+        "        torch.cuda.set_device(local_rank)",
+        "v0.6's launch requires CUDA; current detectron2 falls back to gloo on CPU",
+    ),
+    SourceBridge(
+        "detectron2/engine/defaults.py",
+        r'if "device_ids" not in kwargs:',
+        'if "device_ids" not in kwargs and torch.cuda.is_available():',
+        "DistributedDataParallel takes no device_ids for a CPU model",
+    ),
 ] + [
     SourceBridge(path, _NUMPY_ALIAS, r"\1", "np.int/np.float/np.bool were removed in numpy 1.24")
     for path in (
@@ -168,6 +195,29 @@ def has_compiled_ops() -> bool:
     from detectron2 import _C
 
     return not getattr(_C, "IS_PLACEHOLDER", False)
+
+
+def default_trainer_saves_optimizer() -> bool:
+    """Whether detectron2's DefaultTrainer checkpoints its optimizer (and AMP scaler).
+
+    detectron2 0.6's does not: a resumed run restarts SGD momentum from zero.
+    """
+    from detectron2.engine import DefaultTrainer
+
+    return "state_dict" in vars(DefaultTrainer)
+
+
+def replace_train_loader(simple_trainer, data_loader) -> None:
+    """Make detectron2's SimpleTrainer/AMPTrainer read from ``data_loader`` from now on.
+
+    detectron2 0.6 creates its iterator eagerly (``_data_loader_iter``); current versions create it
+    lazily and offer ``reset_data_loader``.
+    """
+    if hasattr(simple_trainer, "reset_data_loader"):
+        simple_trainer.reset_data_loader(lambda: data_loader)
+    else:
+        simple_trainer.data_loader = data_loader
+        simple_trainer._data_loader_iter = iter(data_loader)
 
 
 if __name__ == "__main__":

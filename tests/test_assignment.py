@@ -47,3 +47,20 @@ def test_chunked_equals_detectron2_matcher():
         assert torch.equal(labels.long(), ref_labels.long())
         foreground = labels == 1
         assert torch.equal(idxs[foreground], ref_idxs[foreground])
+
+
+def test_iou_blocks_are_bounded_by_the_chunk(monkeypatch):
+    from retinanet_d2.modeling import assignment
+
+    shapes = []
+
+    def recording_iou(a, b):
+        shapes.append((len(a), len(b)))
+        return pairwise_iou(a, b)
+
+    monkeypatch.setattr(assignment, "pairwise_iou", recording_iou)
+    gt = torch.tensor([[0.0, 0, 10, 10]]).repeat(1000, 1) + torch.arange(1000.0)[:, None]
+    anchors = torch.tensor([[0.0, 0, 16, 16]]).repeat(50, 1) + torch.arange(50.0)[:, None] * 20
+    match_anchors(gt, anchors, chunk=128)
+    assert max(rows for rows, _ in shapes) == 128
+    assert sum(rows for rows, _ in shapes) == 2 * 1000  # two passes: best per anchor, best per box

@@ -56,3 +56,43 @@ def test_missing_coco_files_are_named(tmp_path, monkeypatch):
     )
     with pytest.raises(FileNotFoundError, match="annotations.json.*images"):
         check_dataset_files("test_missing_coco")
+
+
+def write_coco(tmp_path, categories, annotations):
+    json_file = tmp_path / "annotations.json"
+    (tmp_path / "images").mkdir(exist_ok=True)
+    json_file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}],
+        "annotations": annotations, "categories": categories,
+    }))
+    return json_file
+
+
+def register_test_dataset(name, json_file, image_root):
+    MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root))
+
+
+def test_annotation_file_without_categories_is_named(tmp_path):
+    json_file = write_coco(tmp_path, [], [])
+    register_test_dataset("test_no_categories", json_file, tmp_path / "images")
+    with pytest.raises(ValueError, match=r"annotations.json: no 'categories'"):
+        check_dataset_files("test_no_categories")
+
+
+def test_category_id_outside_the_categories_names_the_record(tmp_path):
+    annotation = {"id": 42, "image_id": 1, "category_id": 9, "bbox": [0, 0, 2, 2], "iscrowd": 0}
+    json_file = write_coco(tmp_path, [{"id": 1, "name": "a"}], [annotation])
+    register_test_dataset("test_bad_category", json_file, tmp_path / "images")
+    with pytest.raises(ValueError, match=r"annotations.json: annotation id=42 \(image_id=1\) has category_id=9"):
+        check_dataset_files("test_bad_category")
+
+
+def test_missing_and_unreadable_images_are_named_by_detectron2(tmp_path):
+    from detectron2.data.detection_utils import read_image
+
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        read_image(str(tmp_path / "missing.png"), format="BGR")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(Exception, match="broken.png"):
+        read_image(str(broken), format="BGR")

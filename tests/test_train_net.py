@@ -67,3 +67,13 @@ def test_every_config_parses_and_builds(path):
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     assert type(model).__name__ == "FocalRetinaNet"
+
+
+def test_num_classes_that_disagrees_with_the_dataset_is_named(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", INSTANT,
+         "MODEL.RETINANET.NUM_CLASSES", "80", "OUTPUT_DIR", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode != 0
+    assert "MODEL.RETINANET.NUM_CLASSES=80, but dataset 'shapes_tiny_train' has 3 classes" in result.stderr

@@ -1,2 +1,2 @@
 """The embedded shapes dataset; importing this package registers its splits."""
-from .register import check_dataset_files  # noqa: F401  (importing registers the splits)
+from .register import check_dataset_files, check_num_classes  # noqa: F401  (import registers)

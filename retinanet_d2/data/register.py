@@ -1,6 +1,7 @@
 """Registers the embedded shapes dataset into detectron2's DatasetCatalog / MetadataCatalog, and
 checks that a COCO-format dataset's files exist before a loader is built."""
 import functools
+import json
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -26,7 +27,8 @@ def register_shapes(root: str) -> None:
 
 
 def check_dataset_files(dataset_name: str) -> None:
-    """Raise FileNotFoundError naming the expected files when a COCO-format dataset is missing.
+    """Raise FileNotFoundError naming the expected files when a COCO-format dataset is missing, and
+    ValueError (see check_coco_categories) when its categories are unusable.
 
     Datasets generated on demand (the shapes splits) and datasets without a json_file are skipped.
     """
@@ -45,6 +47,35 @@ def check_dataset_files(dataset_name: str) -> None:
             f"$DETECTRON2_DATASETS/coco (now DETECTRON2_DATASETS="
             f"{os.getenv('DETECTRON2_DATASETS', 'datasets (unset)')}): "
             "coco/annotations/instances_{train,val}2017.json and coco/{train,val}2017/*.jpg"
+        )
+    check_coco_categories(json_file)
+
+
+def check_coco_categories(json_file: str) -> None:
+    """Raise ValueError naming the file and the record when a COCO JSON has no categories or an
+    annotation whose category_id is not among them."""
+    with open(json_file, encoding="utf-8") as f:
+        coco = json.load(f)
+    categories = {c["id"] for c in coco.get("categories", [])}
+    if not categories:
+        raise ValueError(f"{json_file}: no 'categories'; a detection dataset needs at least one")
+    for annotation in coco.get("annotations", []):
+        if annotation.get("category_id") not in categories:
+            raise ValueError(
+                f"{json_file}: annotation id={annotation.get('id')} (image_id="
+                f"{annotation.get('image_id')}) has category_id={annotation.get('category_id')}, "
+                f"which is not among the file's categories {sorted(categories)}"
+            )
+
+
+def check_num_classes(dataset_name: str, num_classes: int) -> None:
+    """Raise ValueError when MODEL.RETINANET.NUM_CLASSES differs from the dataset's classes
+    (known once the dataset has been loaded)."""
+    classes = MetadataCatalog.get(dataset_name).get("thing_classes")
+    if classes is not None and len(classes) != num_classes:
+        raise ValueError(
+            f"MODEL.RETINANET.NUM_CLASSES={num_classes}, but dataset '{dataset_name}' has "
+            f"{len(classes)} classes ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})"
         )
 
 

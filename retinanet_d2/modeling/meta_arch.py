@@ -198,7 +198,7 @@ class FocalRetinaNet(DenseDetector):
 
     @torch.no_grad()
     def label_anchors(self, anchors: Boxes, gt_instances: List[Instances]):
-        """Assign the R anchors of each of the N images.
+        """Assign the R anchors of each of the N images (see assignment.py).
 
         Returns:
             labels: (N, R) int64 in {-1 ignore, 0..K-1 class, K background}.
@@ -206,9 +206,14 @@ class FocalRetinaNet(DenseDetector):
         """
         labels, matched_boxes = [], []
         for instances in gt_instances:
-            keep = instances.gt_boxes.nonempty()  # zero-area or inverted boxes teach nothing
-            boxes = instances.gt_boxes.tensor[keep]
-            classes = instances.gt_classes[keep]
+            # Non-finite boxes are dropped, the others clipped to the image, and zero-area or
+            # inverted ones dropped, so that no regression target is NaN or inf.
+            finite = torch.isfinite(instances.gt_boxes.tensor).all(dim=1)
+            gt_boxes = Boxes(instances.gt_boxes.tensor[finite])
+            gt_boxes.clip(instances.image_size)
+            nonempty = gt_boxes.nonempty()
+            boxes = gt_boxes.tensor[nonempty]
+            classes = instances.gt_classes[finite][nonempty]
             image_labels = torch.full_like(anchors.tensor[:, 0], self.num_classes, dtype=torch.int64)
             image_boxes = torch.zeros_like(anchors.tensor)
             if boxes.shape[0] > 0:

@@ -1,0 +1,106 @@
+"""Faults: a non-finite loss stops training by name; a SIGKILLed run resumes exactly; a batch split
+over 2 processes (gloo) gives the gradients of the whole batch in one process."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from detectron2.engine import SimpleTrainer
+from detectron2.utils.events import EventStorage
+
+from helpers import REPO, image_with_boxes, tiny_cfg, well_scaled_model
+from retinanet_d2.modeling.meta_arch import FocalRetinaNet
+from test_train_net import INSTANT, run_train_net
+
+DETERMINISTIC = ["DATALOADER.NUM_WORKERS", "0", "INPUT.RANDOM_FLIP", "none", "SEED", "3"]
+
+
+@pytest.mark.parametrize("term", ["loss_cls", "loss_box_reg"])
+def test_non_finite_loss_stops_training_naming_iteration_and_term(monkeypatch, term):
+    model = well_scaled_model(tiny_cfg())
+    original = FocalRetinaNet.losses
+
+    def poisoned(self, *args):
+        losses = original(self, *args)
+        losses[term] = losses[term] * float("nan")
+        return losses
+
+    monkeypatch.setattr(FocalRetinaNet, "losses", poisoned)
+    batch = [image_with_boxes()]
+    trainer = SimpleTrainer(model, [batch] * 3, torch.optim.SGD(model.parameters(), lr=0.0))
+    with pytest.raises(FloatingPointError, match=rf"iteration=0(.|\n)*'{term}': (np.float64\()?nan"):
+        trainer.train(0, 3)
+
+
+def test_resume_after_sigkill_continues_exactly(tmp_path):
+    common = ["SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "6",
+              "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", *DETERMINISTIC]
+    run_train_net("--config-file", INSTANT, *common, "OUTPUT_DIR", str(tmp_path / "whole"))
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", INSTANT, *common,
+         "OUTPUT_DIR", str(killed)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (killed / "last_checkpoint").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (killed / "model_0000005.pth").exists() and not (killed / "model_final.pth").exists()
+
+    log = run_train_net("--config-file", INSTANT, "--resume", *common, "OUTPUT_DIR", str(killed))
+    assert "Starting training from iteration 6" in log
+    whole = torch.load(tmp_path / "whole" / "model_final.pth", weights_only=False)
+    resumed = torch.load(killed / "model_final.pth", weights_only=False)
+    assert whole["iteration"] == resumed["iteration"] == 11
+    for name, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    whole_sgd = whole["trainer"]["_trainer"]["optimizer"]["state"]
+    resumed_sgd = resumed["trainer"]["_trainer"]["optimizer"]["state"]
+    assert len(whole_sgd) == len(resumed_sgd) > 0
+    for key, state in whole_sgd.items():
+        assert torch.equal(state["momentum_buffer"], resumed_sgd[key]["momentum_buffer"])
+
+
+def test_train_net_runs_two_cpu_processes(tmp_path):
+    log = run_train_net(
+        "--config-file", INSTANT, "--num-gpus", "2", "SOLVER.MAX_ITER", "3", "DATASETS.TEST", "()",
+        "OUTPUT_DIR", str(tmp_path),
+    )
+    assert "iter: 2" in log
+    assert os.path.isfile(tmp_path / "model_final.pth")
+
+
+def _split_batch_worker(rank, world_size, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    model = DistributedDataParallel(well_scaled_model(tiny_cfg()))
+    batch = [image_with_boxes(seed=s) for s in range(4)][rank * 2 : rank * 2 + 2]
+    with EventStorage():
+        losses = model(batch)
+    sum(losses.values()).backward()
+    grads = {n: p.grad for n, p in model.module.named_parameters()}
+    torch.save(grads, os.path.join(out_dir, f"grads_{rank}.pth"))
+    dist.destroy_process_group()
+
+
+def test_batch_split_over_two_processes_gives_the_same_gradients(tmp_path):
+    mp.spawn(_split_batch_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    model = well_scaled_model(tiny_cfg())
+    with EventStorage():
+        losses = model([image_with_boxes(seed=s) for s in range(4)])
+    sum(losses.values()).backward()
+    split = torch.load(tmp_path / "grads_0.pth")
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(trained) > 20
+    for name, param in trained:
+        error = (split[name] - param.grad).abs().max() / param.grad.abs().max()
+        assert error < 1e-4, (name, error)
