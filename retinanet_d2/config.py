@@ -6,7 +6,7 @@ Keys detectron2 already has (``MODEL.RETINANET.*``, ``MODEL.ANCHOR_GENERATOR.*``
 from detectron2.config import CfgNode as CN
 
 # Values accepted by MODEL.FOCAL_RETINANET.LOSS.
-LOSS_NAMES = ("focal", "focal_star")
+LOSS_NAMES = ("focal", "focal_star", "ohem")
 
 
 def add_retinanet_config(cfg: CN) -> CN:
@@ -15,11 +15,18 @@ def add_retinanet_config(cfg: CN) -> CN:
         return cfg
     node = cfg.MODEL.FOCAL_RETINANET = CN()
     # Classification loss: "focal" (FL, alpha/gamma from MODEL.RETINANET.FOCAL_LOSS_*; gamma 0 is
-    # alpha-balanced CE) or "focal_star" (FL*, paper Appendix A, with STAR_GAMMA / STAR_BETA).
+    # alpha-balanced CE), "focal_star" (FL*, paper Appendix A, with STAR_GAMMA / STAR_BETA) or
+    # "ohem" (Table 1(d): the FL of FOCAL_LOSS_* -- plain CE with alpha -1, gamma 0 -- on the
+    # OHEM-selected anchors only, normalised by their number).
     node.LOSS = "focal"
     # FL*'s gamma and beta: loss = -log(sigmoid(gamma * x_t + beta)) / gamma.
     node.STAR_GAMMA = 2.0
     node.STAR_BETA = 1.0
+    # OHEM: anchors kept per image, largest foreground share (-1: none; 0.25 is the paper's 1:3) and
+    # the NMS IoU threshold over anchors scored by their loss.
+    node.OHEM_BATCH_SIZE_PER_IMAGE = 128
+    node.OHEM_FG_FRACTION = -1.0
+    node.OHEM_NMS_THRESH = 0.7
     # Input of the P6 conv of the FPN top block: "res5" (C5, the paper) or "p5" (torchvision v1).
     node.P6_INPUT = "res5"
     # Anchors in the paper's terms, used by ANCHOR_GENERATOR.NAME = "OctaveAnchorGenerator":

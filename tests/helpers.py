@@ -66,5 +66,6 @@ def image_with_boxes(height=160, width=224, seed=0):
     image = torch.rand(3, height, width, generator=generator) * 255
     instances = Instances((height, width))
     instances.gt_boxes = Boxes(torch.tensor([[10.0, 20, 80, 100], [100, 30, 210, 150], [40, 60, 72, 90]]))
+    instances.gt_boxes.clip((height, width))
     instances.gt_classes = torch.tensor([0, 2, 4])
     return {"image": image, "instances": instances, "height": height, "width": width}

@@ -7,12 +7,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 
 import retinanet_d2
-from helpers import CONFIGS, REPO
+from helpers import CONFIGS, REPO, image_with_boxes
 
 INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
 
@@ -60,13 +62,21 @@ def test_unreachable_weights_are_named(tmp_path):
     "path", sorted(glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)),
     ids=lambda p: os.path.relpath(p, CONFIGS),
 )
-def test_every_config_parses_and_builds(path):
+def test_every_config_builds_and_trains_a_step(path):
     cfg = get_cfg()
     retinanet_d2.add_retinanet_config(cfg)
     cfg.merge_from_file(path)
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     assert type(model).__name__ == "FocalRetinaNet"
+    record = image_with_boxes(height=96, width=128)
+    record["instances"].gt_classes = record["instances"].gt_classes % cfg.MODEL.RETINANET.NUM_CLASSES
+    model.train()
+    with EventStorage():
+        losses = model([record])
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
 
 
 def test_num_classes_that_disagrees_with_the_dataset_is_named(tmp_path):

@@ -30,7 +30,9 @@ from .losses import (
     check_focal_loss_args,
     focal_loss_from_labels,
     focal_loss_star_from_labels,
+    sigmoid_focal_loss,
 )
+from .ohem import check_ohem_args, ohem_select
 
 # Values accepted by MODEL.RETINANET.BBOX_REG_LOSS_TYPE.
 BOX_LOSSES = ("smooth_l1", "giou")
@@ -77,6 +79,9 @@ class FocalRetinaNet(DenseDetector):
         focal_loss_gamma: float = 2.0,
         star_gamma: float = 2.0,
         star_beta: float = 1.0,
+        ohem_batch_size_per_image: int = 128,
+        ohem_fg_fraction: float = -1.0,
+        ohem_nms_thresh: float = 0.7,
         box_reg_loss_type: str = "smooth_l1",
         smooth_l1_beta: float = 0.0,
         test_score_thresh: float = 0.05,
@@ -97,10 +102,13 @@ class FocalRetinaNet(DenseDetector):
             num_classes: K, foreground classes.
             iou_thresholds: (low, high): background below low, foreground at or above high.
             matcher_chunk_boxes: boxes per IoU block in anchor assignment (bounds memory).
-            loss: classification loss, "focal" or "focal_star".
+            loss: classification loss, "focal", "focal_star" or "ohem" (see config.py).
             focal_loss_alpha: FL's alpha in [0, 1], or -1 for none.
             focal_loss_gamma: FL's gamma >= 0 (0 is alpha-balanced CE).
             star_gamma, star_beta: FL*'s gamma > 0 and beta.
+            ohem_batch_size_per_image: OHEM's anchors per image.
+            ohem_fg_fraction: OHEM's largest foreground share, or -1 for none.
+            ohem_nms_thresh: OHEM's NMS threshold over anchors.
             box_reg_loss_type: "smooth_l1" (beta 0 is L1) or "giou".
             smooth_l1_beta: smooth L1's beta.
             test_score_thresh: candidates need a score above this.
@@ -116,11 +124,13 @@ class FocalRetinaNet(DenseDetector):
         check_iou_thresholds(iou_thresholds, [0, -1, 1])
         if loss not in LOSS_NAMES:
             raise ValueError(f"MODEL.FOCAL_RETINANET.LOSS must be one of {LOSS_NAMES}, got {loss!r}")
-        if loss == "focal":
-            check_focal_loss_args(focal_loss_alpha, focal_loss_gamma)
-        else:
+        if loss == "focal_star":
             check_fl_star_args(star_gamma, star_beta)
             check_focal_loss_args(focal_loss_alpha, 0.0)
+        else:
+            check_focal_loss_args(focal_loss_alpha, focal_loss_gamma)
+        if loss == "ohem":
+            check_ohem_args(ohem_batch_size_per_image, ohem_fg_fraction, ohem_nms_thresh)
         if box_reg_loss_type not in BOX_LOSSES:
             raise ValueError(
                 f"MODEL.RETINANET.BBOX_REG_LOSS_TYPE must be one of {BOX_LOSSES}, "
@@ -140,6 +150,9 @@ class FocalRetinaNet(DenseDetector):
         self.focal_loss_gamma = focal_loss_gamma
         self.star_gamma = star_gamma
         self.star_beta = star_beta
+        self.ohem_batch_size_per_image = ohem_batch_size_per_image
+        self.ohem_fg_fraction = ohem_fg_fraction
+        self.ohem_nms_thresh = ohem_nms_thresh
         self.box_reg_loss_type = box_reg_loss_type
         self.smooth_l1_beta = smooth_l1_beta
         self.test_score_thresh = test_score_thresh
@@ -175,6 +188,9 @@ class FocalRetinaNet(DenseDetector):
             "focal_loss_gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
             "star_gamma": node.STAR_GAMMA,
             "star_beta": node.STAR_BETA,
+            "ohem_batch_size_per_image": node.OHEM_BATCH_SIZE_PER_IMAGE,
+            "ohem_fg_fraction": node.OHEM_FG_FRACTION,
+            "ohem_nms_thresh": node.OHEM_NMS_THRESH,
             "box_reg_loss_type": cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE,
             "smooth_l1_beta": cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA,
             "test_score_thresh": cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
@@ -228,14 +244,23 @@ class FocalRetinaNet(DenseDetector):
             matched_boxes.append(image_boxes)
         return torch.stack(labels), torch.stack(matched_boxes)
 
-    def foreground_normalizer(self, labels: Tensor) -> Tensor:
-        """Foreground anchors of the whole batch, per process: sum over processes / world size,
-        at least 1 in total. A float tensor on the labels' device; no host sync."""
-        count = ((labels >= 0) & (labels < self.num_classes)).sum().to(torch.float32)
+    def batch_normalizer(self, count: Tensor) -> Tensor:
+        """``count`` summed over processes / world size, at least 1 in total: each process divides
+        its loss sum by it, so that DDP's gradient average is the global sum over the global count.
+        A float tensor; no host sync."""
+        count = count.to(torch.float32)
         world_size = comm.get_world_size()
         if world_size > 1:
             dist.all_reduce(count)
         return count.clamp(min=1.0) / world_size
+
+    def box_losses(self, anchors: Tensor, deltas: Tensor, boxes: Tensor) -> Tensor:
+        """(F,) box loss of each of F foreground anchors (F, 4) given deltas and matched boxes."""
+        if self.box_reg_loss_type == "smooth_l1":
+            target = self.box2box_transform.get_deltas(anchors, boxes)
+            return smooth_l1_loss(deltas, target, beta=self.smooth_l1_beta, reduction="none").sum(dim=1)
+        predicted = self.box2box_transform.apply_deltas(deltas, anchors)
+        return giou_loss(predicted, boxes, reduction="none")
 
     def losses(
         self, anchors: Boxes, logits: Tensor, deltas: Tensor, labels: Tensor, matched_boxes: Tensor
@@ -245,9 +270,13 @@ class FocalRetinaNet(DenseDetector):
             anchors: R anchors of one image (the same for all images of the batch).
             logits: (N, R, K); deltas: (N, R, 4); labels: (N, R); matched_boxes: (N, R, 4).
         Returns:
-            {"loss_cls", "loss_box_reg"}: scalars, sums divided by the foreground normaliser.
+            {"loss_cls", "loss_box_reg"}: scalars, sums divided by the batch's foreground count
+            (the OHEM minibatch size for loss "ohem").
         """
-        normalizer = self.foreground_normalizer(labels)
+        if self.loss == "ohem":
+            return self.ohem_losses(anchors, logits, deltas, labels, matched_boxes)
+        foreground = (labels >= 0) & (labels < self.num_classes)  # (N, R)
+        normalizer = self.batch_normalizer(foreground.sum())
         flat_logits = logits.reshape(-1, self.num_classes)
         flat_labels = labels.reshape(-1)
         if self.loss == "focal":
@@ -258,18 +287,32 @@ class FocalRetinaNet(DenseDetector):
             loss_cls = focal_loss_star_from_labels(
                 flat_logits, flat_labels, self.focal_loss_alpha, self.star_gamma, self.star_beta
             )
-
-        foreground = (labels >= 0) & (labels < self.num_classes)  # (N, R)
-        fg_deltas = deltas[foreground]
-        fg_boxes = matched_boxes[foreground]
         fg_anchors = anchors.tensor.expand(labels.shape[0], -1, -1)[foreground]
-        if self.box_reg_loss_type == "smooth_l1":
-            target = self.box2box_transform.get_deltas(fg_anchors, fg_boxes)
-            loss_box = smooth_l1_loss(fg_deltas, target, beta=self.smooth_l1_beta, reduction="sum")
-        else:
-            predicted = self.box2box_transform.apply_deltas(fg_deltas, fg_anchors)
-            loss_box = giou_loss(predicted, fg_boxes, reduction="sum")
+        loss_box = self.box_losses(fg_anchors, deltas[foreground], matched_boxes[foreground]).sum()
         return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box / normalizer}
+
+    def ohem_losses(
+        self, anchors: Boxes, logits: Tensor, deltas: Tensor, labels: Tensor, matched_boxes: Tensor
+    ) -> Dict[str, Tensor]:
+        """Table 1(d)'s OHEM: the losses of the anchors ohem_select picks, over their number."""
+        valid = labels >= 0
+        foreground = valid & (labels < self.num_classes)
+        classes = torch.arange(self.num_classes, device=labels.device)
+        targets = (labels[..., None] == classes).to(logits.dtype)
+        cls = sigmoid_focal_loss(logits, targets, self.focal_loss_alpha, self.focal_loss_gamma)
+        cls = cls.sum(dim=-1) * valid  # (N, R)
+        box = torch.zeros_like(cls)
+        fg_anchors = anchors.tensor.expand(labels.shape[0], -1, -1)[foreground]
+        box[foreground] = self.box_losses(fg_anchors, deltas[foreground], matched_boxes[foreground])
+        selected = torch.zeros_like(valid)
+        for i in range(labels.shape[0]):
+            picked = ohem_select(
+                (cls[i] + box[i]).detach(), anchors.tensor, labels[i], self.num_classes,
+                self.ohem_batch_size_per_image, self.ohem_fg_fraction, self.ohem_nms_thresh,
+            )
+            selected[i, picked] = True
+        normalizer = self.batch_normalizer(selected.sum())
+        return {"loss_cls": cls[selected].sum() / normalizer, "loss_box_reg": box[selected].sum() / normalizer}
 
     # ---------------------------------------------------------------- inference
     def forward_inference(self, images: ImageList, features, predictions) -> List[Instances]:

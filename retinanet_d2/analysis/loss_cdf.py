@@ -1,0 +1,78 @@
+"""Fig. 4: cumulative distribution of the normalised focal loss of positive and negative examples
+of a trained model, for several gamma.
+
+Examples are (anchor, class) pairs of non-ignored anchors: positives are a foreground anchor's own
+class, negatives all other pairs. For each gamma the losses of each set are sorted ascending and
+normalised to sum to one; the curve is the cumulative sum against the fraction of examples.
+"""
+import json
+from typing import Dict, Iterable, List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from detectron2.structures import Boxes  # noqa: E402
+
+from ..modeling.losses import sigmoid_focal_loss  # noqa: E402
+from ..modeling.meta_arch import flatten_levels  # noqa: E402
+
+FIG4_GAMMAS = (0.0, 0.5, 1.0, 2.0)
+
+
+@torch.no_grad()
+def collect_logits(model, batches: Iterable[List[dict]]):
+    """Logits (M, K) and labels (M,) of all non-ignored anchors of the given training batches."""
+    model.eval()
+    logits, labels = [], []
+    for batch in batches:
+        images = model.preprocess_image(batch)
+        features = model.backbone(images.tensor)
+        features = [features[f] for f in model.head_in_features]
+        level_logits, _ = model.head(features)
+        anchors = Boxes.cat(model.anchor_generator(features))
+        gt = [b["instances"].to(model.device) for b in batch]
+        batch_labels, _ = model.label_anchors(anchors, gt)
+        flat = flatten_levels(level_logits, model.num_classes).reshape(-1, model.num_classes)
+        valid = batch_labels.reshape(-1) >= 0
+        logits.append(flat[valid].cpu())
+        labels.append(batch_labels.reshape(-1)[valid].cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+def normalised_loss_cdfs(logits, labels, gammas: Sequence[float], points: int = 200) -> Dict:
+    """{"fraction": [...], "positive": {gamma: cdf}, "negative": {gamma: cdf}, "counts": {...}}."""
+    num_classes = logits.shape[1]
+    targets = (labels[:, None] == torch.arange(num_classes)).float()
+    fraction = torch.linspace(0, 1, points)
+    result = {"fraction": fraction.tolist(), "positive": {}, "negative": {},
+              "counts": {"positive": int(targets.sum()), "negative": int((1 - targets).sum())}}
+    for gamma in gammas:
+        loss = sigmoid_focal_loss(logits.double(), targets.double(), alpha=-1, gamma=gamma)
+        for name, mask in (("positive", targets > 0), ("negative", targets == 0)):
+            values = loss[mask].sort().values
+            cdf = values.cumsum(0) / values.sum().clamp(min=1e-300)
+            index = (fraction * (len(cdf) - 1)).round().long()
+            result[name][str(gamma)] = cdf[index].tolist() if len(cdf) else []
+    return result
+
+
+def plot_cdfs(cdfs: Dict, path: str) -> None:
+    """Two panels (positives, negatives) of cumulative normalised loss against example fraction."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for axis, name in zip(axes, ("positive", "negative")):
+        for gamma, cdf in cdfs[name].items():
+            axis.plot(cdfs["fraction"], cdf, label=f"γ = {float(gamma):g}")
+        axis.set(xlabel=f"fraction of {name} samples", ylabel="cumulative normalized loss",
+                 title=f"{name} samples ({cdfs['counts'][name]:,})", xlim=(0, 1), ylim=(0, 1))
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_json(cdfs: Dict, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(cdfs, f)

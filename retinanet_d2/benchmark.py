@@ -1,0 +1,260 @@
+"""Side-by-side benchmark of FocalRetinaNet and detectron2's built-in RetinaNet.
+
+Both models are built from the same config with the same weights and run on the same inputs,
+interleaved, ``repeats`` times; the table reports medians and the ratio ours / detectron2. On CUDA the
+timings are synchronised. Peak training memory is measured in a fresh subprocess per model (CPU: peak
+RSS growth over the step; CUDA: ``max_memory_allocated``).
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from .config import add_retinanet_config
+from .modeling.losses import focal_loss_from_labels, sigmoid_focal_loss
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "retinanet_R50_FPN_1x.yaml")
+PAPER_SIZES = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [32, 64, 128, 256, 512]]
+
+
+def build_pair(device: str, num_classes: int = 80):
+    """(ours, detectron2's) R50-FPN RetinaNet with identical weights, in eval mode."""
+    cfg = get_cfg()
+    add_retinanet_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    torch.manual_seed(0)
+    ours = build_model(cfg)
+    ref_cfg = cfg.clone()
+    ref_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    ref_cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+    ref_cfg.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
+    ref_cfg.MODEL.ANCHOR_GENERATOR.SIZES = PAPER_SIZES
+    ref = build_model(ref_cfg)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def training_batch(device: str, num_images=2, height=512, width=640, boxes_per_image=10):
+    """Random images (3, H, W) with ``boxes_per_image`` random boxes of random classes."""
+    generator = torch.Generator().manual_seed(0)
+    batch = []
+    for _ in range(num_images):
+        xy = torch.rand(boxes_per_image, 2, generator=generator) * torch.tensor([width * 0.8, height * 0.8])
+        wh = 16 + torch.rand(boxes_per_image, 2, generator=generator) * 200
+        instances = Instances((height, width))
+        instances.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+        instances.gt_classes = torch.randint(0, 80, (boxes_per_image,), generator=generator)
+        image = torch.rand(3, height, width, generator=generator) * 255
+        batch.append({"image": image.to(device), "instances": instances})
+    return batch
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], object], device: str) -> float:
+    """Seconds of one call, synchronised on CUDA."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(fns: Dict[str, Callable[[], object]], device: str, repeats: int, warmup: int = 1):
+    """Median seconds of each function, calls interleaved so that load affects all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(time_call(fn, device))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def train_step(model, batch):
+    """One forward + backward of the training losses."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    with EventStorage():
+        losses = model(batch)
+    sum(losses.values()).backward()
+
+
+def set_score_level(model, bias: float) -> None:
+    """Make the classifier's scores about sigmoid(bias) everywhere (weights scaled down)."""
+    with torch.no_grad():
+        model.head.cls_score.weight.mul_(0.1)
+        model.head.cls_score.bias.fill_(bias)
+
+
+def inference(model, images):
+    model.eval()
+    with torch.no_grad():
+        return model(images)
+
+
+def component_fns(model, is_ours: bool, batch, device):
+    """Callables for the breakdown: backbone+FPN, head, assignment, losses (fwd+bwd), decode+NMS."""
+    model.train()
+    images = model.preprocess_image(batch)
+    gt = [b["instances"].to(device) for b in batch]
+    with torch.no_grad():
+        features = model.backbone(images.tensor)
+        features = [features[f] for f in model.head_in_features]
+        logits, deltas = model.head(features)
+    anchors = model.anchor_generator(features)
+    num_classes = model.num_classes
+
+    def backbone():
+        with torch.no_grad():
+            model.backbone(images.tensor)
+
+    def head():
+        with torch.no_grad():
+            model.head(features)
+
+    if is_ours:
+        flat_anchors = Boxes.cat(anchors)
+        from .modeling.meta_arch import flatten_levels
+
+        labels, matched = model.label_anchors(flat_anchors, gt)
+
+        def assignment():
+            model.label_anchors(flat_anchors, gt)
+
+        def losses():
+            lg = flatten_levels([x.detach().requires_grad_() for x in logits], num_classes)
+            dl = flatten_levels([x.detach().requires_grad_() for x in deltas], 4)
+            sum(model.losses(flat_anchors, lg, dl, labels, matched).values()).backward()
+    else:
+        labels, matched = model.label_anchors(anchors, gt)
+
+        def assignment():
+            model.label_anchors(anchors, gt)
+
+        def losses():
+            lg, dl = model._transpose_dense_predictions(
+                [[x.detach().requires_grad_() for x in logits], [x.detach().requires_grad_() for x in deltas]],
+                [num_classes, 4],
+            )
+            with EventStorage():
+                sum(model.losses(anchors, lg, labels, dl, matched).values()).backward()
+
+    def decode_nms():
+        with torch.no_grad():
+            model.forward_inference(images, features, ([x.clone() for x in logits], deltas))
+
+    return {"backbone+FPN": backbone, "head": head, "assignment": assignment, "losses": losses, "decode+NMS": decode_nms}
+
+
+def focal_loss_micro(device: str, repeats: int, anchors: int = 200_000, classes: int = 80):
+    """fwd+bwd seconds of fvcore's sigmoid_focal_loss_jit (one-hot targets), ours on the same
+    targets, and ours from labels (what FocalRetinaNet runs)."""
+    from fvcore.nn import sigmoid_focal_loss_jit
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(anchors, classes, generator=generator).to(device)
+    labels = torch.randint(0, classes * 50, (anchors,), generator=generator).clamp(max=classes).to(device)
+    one_hot = torch.nn.functional.one_hot(labels, classes + 1)[:, :classes].float()
+
+    def run(fn):
+        def call():
+            x = logits.detach().requires_grad_()
+            fn(x).backward()
+        return call
+
+    return interleaved_medians(
+        {
+            "fvcore jit": run(lambda x: sigmoid_focal_loss_jit(x, one_hot, 0.25, 2.0, "sum")),
+            "ours (targets)": run(lambda x: sigmoid_focal_loss(x, one_hot, 0.25, 2.0, "sum")),
+            "ours (labels)": run(lambda x: focal_loss_from_labels(x, labels, 0.25, 2.0)),
+        },
+        device,
+        repeats,
+    )
+
+
+def peak_training_memory(which: str, device: str) -> float:
+    """MiB of peak memory of one training step of ``which`` ("ours" or "detectron2"), measured in
+    a fresh subprocess."""
+    code = (
+        "import retinanet_d2, json, resource, torch; from retinanet_d2 import benchmark as b;"
+        f"ours, ref = b.build_pair({device!r}); m = ours if {which!r} == 'ours' else ref; del ours, ref;"
+        f"batch = b.training_batch({device!r});"
+        "cuda = torch.cuda.is_available() and next(m.parameters()).is_cuda;"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "torch.cuda.reset_peak_memory_stats() if cuda else None;"
+        "before = torch.cuda.memory_allocated() if cuda else 0;"
+        "b.train_step(m, batch);"
+        "peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else "
+        "(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024;"
+        "print(json.dumps(peak))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(output.stdout.strip().splitlines()[-1])
+
+
+def run(device: str, repeats: int) -> List[List[str]]:
+    """Rows (what, ours, detectron2, ratio) of the benchmark table."""
+    rows = []
+
+    def add(name, ours_s, ref_s, unit="ms", scale=1000.0):
+        rows.append([name, f"{ours_s * scale:.1f} {unit}", f"{ref_s * scale:.1f} {unit}", f"{ours_s / ref_s:.2f}"])
+
+    ours, ref = build_pair(device)
+    ours.to(device), ref.to(device)
+    batch = training_batch(device)
+    step = interleaved_medians({"ours": lambda: train_step(ours, batch), "ref": lambda: train_step(ref, batch)}, device, repeats)
+    add("training step, 2 x 512x640 (fwd+bwd)", step["ours"], step["ref"])
+
+    breakdown_ours = interleaved_medians(component_fns(ours, True, batch, device), device, repeats)
+    breakdown_ref = interleaved_medians(component_fns(ref, False, batch, device), device, repeats)
+    for name in breakdown_ours:
+        add(f"  {name}", breakdown_ours[name], breakdown_ref[name])
+
+    image = [{"image": torch.rand(3, 800, 1088, generator=torch.Generator().manual_seed(1)).to(device) * 255}]
+    for label, bias in (("typical", -6.0), ("worst case", 10.0)):
+        set_score_level(ours, bias)
+        ref.load_state_dict(ours.state_dict())
+        latency = interleaved_medians({"ours": lambda: inference(ours, image), "ref": lambda: inference(ref, image)}, device, repeats)
+        add(f"inference 800x1088, {label}", latency["ours"], latency["ref"])
+
+    micro = focal_loss_micro(device, repeats)
+    for name in ("ours (targets)", "ours (labels)"):
+        add(f"focal loss 200k x 80 fwd+bwd: {name} vs fvcore jit", micro[name], micro["fvcore jit"])
+
+    memory_ours = peak_training_memory("ours", device)
+    memory_ref = peak_training_memory("detectron2", device)
+    rows.append(["peak training memory (one step)", f"{memory_ours:.0f} MiB", f"{memory_ref:.0f} MiB", f"{memory_ours / memory_ref:.2f}"])
+    return rows
+
+
+def format_table(rows: List[List[str]]) -> str:
+    header = ["", "FocalRetinaNet", "detectron2 RetinaNet", "ours/d2"]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def dump(rows, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(rows, f, indent=1)

@@ -1,0 +1,57 @@
+"""Online hard example mining for the dense detector, the paper's Table 1(d) baseline.
+
+Every non-ignored anchor is scored by its loss; NMS over the anchor boxes (scores = losses) removes
+near-duplicates; the B highest-loss anchors of each image form the minibatch (plain OHEM), or at most
+B * fg_fraction foreground anchors plus background anchors up to B (OHEM 1:3 with fg_fraction 0.25).
+For speed, NMS runs on the 32 * B highest-loss anchors only.
+"""
+import torch
+from torch import Tensor
+
+from detectron2.layers import nms
+
+CANDIDATES_PER_SLOT = 32
+
+
+def check_ohem_args(batch_size: int, fg_fraction: float, nms_thresh: float) -> None:
+    """Raise ValueError naming the MODEL.FOCAL_RETINANET.OHEM_* key that is out of range."""
+    if batch_size <= 0:
+        raise ValueError(f"MODEL.FOCAL_RETINANET.OHEM_BATCH_SIZE_PER_IMAGE must be > 0, got {batch_size}")
+    if not (fg_fraction == -1 or 0.0 < fg_fraction <= 1.0):
+        raise ValueError(
+            f"MODEL.FOCAL_RETINANET.OHEM_FG_FRACTION must be in (0, 1] or -1 (no ratio), got {fg_fraction}"
+        )
+    if not 0.0 < nms_thresh <= 1.0:
+        raise ValueError(f"MODEL.FOCAL_RETINANET.OHEM_NMS_THRESH must be in (0, 1], got {nms_thresh}")
+
+
+@torch.no_grad()
+def ohem_select(
+    losses: Tensor,
+    boxes: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    batch_size: int,
+    fg_fraction: float = -1,
+    nms_thresh: float = 0.7,
+) -> Tensor:
+    """Indices (<= batch_size,) of the anchors of one image that form its OHEM minibatch.
+
+    Args:
+        losses: (R,) loss of each anchor; boxes: (R, 4) anchor boxes;
+        labels: (R,) in {-1 ignore, 0..K-1 class, K background}.
+        num_classes: K.
+        batch_size: B, anchors kept per image.
+        fg_fraction: -1 for plain OHEM, else the largest foreground share of B.
+        nms_thresh: IoU above which a lower-loss anchor is suppressed.
+    """
+    candidates = torch.nonzero(labels >= 0).squeeze(1)
+    top = losses[candidates].topk(min(len(candidates), CANDIDATES_PER_SLOT * batch_size)).indices
+    candidates = candidates[top]
+    kept = candidates[nms(boxes[candidates].float(), losses[candidates].float(), nms_thresh)]
+    if fg_fraction == -1:
+        return kept[:batch_size]
+    is_foreground = labels[kept] < num_classes
+    foreground = kept[is_foreground][: int(batch_size * fg_fraction)]
+    background = kept[~is_foreground][: batch_size - len(foreground)]
+    return torch.cat([foreground, background])

@@ -1,0 +1,45 @@
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from helpers import image_with_boxes, tiny_cfg, well_scaled_model
+from retinanet_d2.modeling.ohem import ohem_select
+
+# Five anchors: 0 and 1 overlap with IoU 0.9; the others are apart. Label 2 is background (K = 2).
+BOXES = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 9], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70]])
+LABELS = torch.tensor([0, 2, 2, 1, -1])
+LOSSES = torch.tensor([1.0, 5.0, 3.0, 0.5, 9.0])
+
+
+def test_plain_ohem_keeps_the_highest_loss_anchors_after_nms():
+    # anchor 4 is ignored; anchor 0 (loss 1) is suppressed by anchor 1 (loss 5, IoU .9 > .7)
+    assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=2).tolist() == [1, 2]
+    assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=10).tolist() == [1, 2, 3]
+    # without suppression (threshold 1.0) anchor 0 stays
+    assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=10, nms_thresh=1.0).tolist() == [1, 2, 0, 3]
+
+
+def test_ohem_with_a_foreground_ratio():
+    # B = 4, fg share .25: one foreground (anchor 3, the only fg left after NMS), then background
+    assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=4, fg_fraction=0.25).tolist() == [3, 1, 2]
+
+
+def test_ohem_model_trains_a_step_with_finite_losses():
+    cfg = tiny_cfg(**{"MODEL.FOCAL_RETINANET.LOSS": "ohem", "MODEL.RETINANET.FOCAL_LOSS_GAMMA": 0.0,
+                      "MODEL.RETINANET.FOCAL_LOSS_ALPHA": -1.0})
+    model = well_scaled_model(cfg)
+    model.train()
+    with EventStorage():
+        losses = model([image_with_boxes(seed=0), image_with_boxes(seed=1)])
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+
+
+@pytest.mark.parametrize(
+    "key,value", [("OHEM_BATCH_SIZE_PER_IMAGE", 0), ("OHEM_FG_FRACTION", 1.5), ("OHEM_NMS_THRESH", 0.0)]
+)
+def test_bad_ohem_settings_name_the_key(key, value):
+    cfg = tiny_cfg(**{"MODEL.FOCAL_RETINANET.LOSS": "ohem", f"MODEL.FOCAL_RETINANET.{key}": value})
+    with pytest.raises(ValueError, match=key):
+        build_model(cfg)

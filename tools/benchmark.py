@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""FocalRetinaNet vs detectron2's RetinaNet (R50-FPN): same config, weights and inputs, interleaved.
+
+    python tools/benchmark.py [--device cpu|cuda] [--repeats 5] [--json results.json]
+"""
+import argparse
+
+import torch
+
+from retinanet_d2.benchmark import dump, format_table, run
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    rows = run(args.device, args.repeats)
+    print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"medians of {args.repeats}")
+    print(format_table(rows))
+    if args.json:
+        dump(rows, args.json)
+
+
+if __name__ == "__main__":
+    main()

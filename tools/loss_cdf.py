@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""The paper's Fig. 4: cumulative distribution of the normalised loss of positive and negative
+examples of a trained model over N training images, for several gamma (PNG + JSON of the curves).
+
+    python tools/loss_cdf.py --config-file configs/shapes_demo.yaml --images 50 \
+        --output-dir output/figures MODEL.WEIGHTS output/shapes_demo/model_final.pth
+"""
+import argparse
+import os
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.modeling import build_model
+
+import retinanet_d2
+from retinanet_d2.analysis.loss_cdf import FIG4_GAMMAS, collect_logits, normalised_loss_cdfs, plot_cdfs, write_json
+from retinanet_d2.weights import resolve_weights
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--images", type=int, default=50, help="training images to score")
+    parser.add_argument("--gammas", type=float, nargs="+", default=list(FIG4_GAMMAS))
+    parser.add_argument("--output-dir", default="output/figures")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = parser.parse_args()
+
+    cfg = get_cfg()
+    retinanet_d2.add_retinanet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(resolve_weights(cfg.MODEL.WEIGHTS))
+    mapper = DatasetMapper(cfg, is_train=True)
+    records = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[: args.images]
+    logits, labels = collect_logits(model, ([mapper(r)] for r in records))
+    cdfs = normalised_loss_cdfs(logits, labels, args.gammas)
+    os.makedirs(args.output_dir, exist_ok=True)
+    png = os.path.join(args.output_dir, "fig4_loss_cdf.png")
+    plot_cdfs(cdfs, png)
+    write_json(cdfs, os.path.join(args.output_dir, "fig4_loss_cdf.json"))
+    print(png, cdfs["counts"])
+
+
+if __name__ == "__main__":
+    main()
