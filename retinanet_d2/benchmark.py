@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterator, List
 
 import torch
 
@@ -27,21 +27,27 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 PAPER_SIZES = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [32, 64, 128, 256, 512]]
 
 
-def build_pair(device: str, num_classes: int = 80):
-    """(ours, detectron2's) R50-FPN RetinaNet with identical weights, in eval mode."""
+def benchmark_configs(device: str, num_classes: int = 80):
+    """(ours, detectron2's) configs: R50-FPN RetinaNet, the paper's anchors, no weights file."""
     cfg = get_cfg()
     add_retinanet_config(cfg)
     cfg.merge_from_file(CONFIG)
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device
     cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
-    torch.manual_seed(0)
-    ours = build_model(cfg)
     ref_cfg = cfg.clone()
     ref_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
     ref_cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
     ref_cfg.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
     ref_cfg.MODEL.ANCHOR_GENERATOR.SIZES = PAPER_SIZES
+    return cfg, ref_cfg
+
+
+def build_pair(device: str):
+    """(ours, detectron2's) R50-FPN RetinaNet with identical weights."""
+    cfg, ref_cfg = benchmark_configs(device)
+    torch.manual_seed(0)
+    ours = build_model(cfg)
     ref = build_model(ref_cfg)
     ref.load_state_dict(ours.state_dict())
     return ours, ref
@@ -191,68 +197,85 @@ def focal_loss_micro(device: str, repeats: int, anchors: int = 200_000, classes:
     )
 
 
+def _current_rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def measure_peak_training_memory(which: str, device: str) -> float:
+    """MiB of memory one training step of ``which`` ("ours" or "detectron2") adds at its peak:
+    CUDA max_memory_allocated, or on CPU peak RSS minus RSS before the step. Run it in a fresh
+    process (see peak_training_memory) so that nothing else has raised the peak before."""
+    import resource
+
+    cfg, ref_cfg = benchmark_configs(device)
+    model = build_model(cfg if which == "ours" else ref_cfg)
+    batch = training_batch(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        train_step(model, batch)
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    before = _current_rss_kib()
+    train_step(model, batch)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
 def peak_training_memory(which: str, device: str) -> float:
-    """MiB of peak memory of one training step of ``which`` ("ours" or "detectron2"), measured in
-    a fresh subprocess."""
+    """measure_peak_training_memory in a fresh subprocess."""
     code = (
-        "import retinanet_d2, json, resource, torch; from retinanet_d2 import benchmark as b;"
-        f"ours, ref = b.build_pair({device!r}); m = ours if {which!r} == 'ours' else ref; del ours, ref;"
-        f"batch = b.training_batch({device!r});"
-        "cuda = torch.cuda.is_available() and next(m.parameters()).is_cuda;"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "torch.cuda.reset_peak_memory_stats() if cuda else None;"
-        "before = torch.cuda.memory_allocated() if cuda else 0;"
-        "b.train_step(m, batch);"
-        "peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else "
-        "(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024;"
-        "print(json.dumps(peak))"
+        "import json, retinanet_d2; from retinanet_d2.benchmark import measure_peak_training_memory as m;"
+        f"print(json.dumps(m({which!r}, {device!r})))"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(output.stdout.strip().splitlines()[-1])
 
 
-def run(device: str, repeats: int) -> List[List[str]]:
-    """Rows (what, ours, detectron2, ratio) of the benchmark table."""
-    rows = []
+def run(device: str, repeats: int) -> Iterator[List[str]]:
+    """Rows (what, ours, detectron2, ratio) of the benchmark table, as they are measured."""
 
-    def add(name, ours_s, ref_s, unit="ms", scale=1000.0):
-        rows.append([name, f"{ours_s * scale:.1f} {unit}", f"{ref_s * scale:.1f} {unit}", f"{ours_s / ref_s:.2f}"])
+    def row(name, ours_s, ref_s):
+        return [name, f"{ours_s * 1000:.1f} ms", f"{ref_s * 1000:.1f} ms", f"{ours_s / ref_s:.2f}"]
 
     ours, ref = build_pair(device)
     ours.to(device), ref.to(device)
     batch = training_batch(device)
     step = interleaved_medians({"ours": lambda: train_step(ours, batch), "ref": lambda: train_step(ref, batch)}, device, repeats)
-    add("training step, 2 x 512x640 (fwd+bwd)", step["ours"], step["ref"])
+    yield row("training step, 2 x 512x640 (fwd+bwd)", step["ours"], step["ref"])
 
     breakdown_ours = interleaved_medians(component_fns(ours, True, batch, device), device, repeats)
     breakdown_ref = interleaved_medians(component_fns(ref, False, batch, device), device, repeats)
     for name in breakdown_ours:
-        add(f"  {name}", breakdown_ours[name], breakdown_ref[name])
+        yield row(f"  {name}", breakdown_ours[name], breakdown_ref[name])
 
     image = [{"image": torch.rand(3, 800, 1088, generator=torch.Generator().manual_seed(1)).to(device) * 255}]
     for label, bias in (("typical", -6.0), ("worst case", 10.0)):
         set_score_level(ours, bias)
         ref.load_state_dict(ours.state_dict())
         latency = interleaved_medians({"ours": lambda: inference(ours, image), "ref": lambda: inference(ref, image)}, device, repeats)
-        add(f"inference 800x1088, {label}", latency["ours"], latency["ref"])
+        yield row(f"inference 800x1088, {label}", latency["ours"], latency["ref"])
 
     micro = focal_loss_micro(device, repeats)
     for name in ("ours (targets)", "ours (labels)"):
-        add(f"focal loss 200k x 80 fwd+bwd: {name} vs fvcore jit", micro[name], micro["fvcore jit"])
+        yield row(f"focal loss 200k x 80 fwd+bwd: {name} vs fvcore jit", micro[name], micro["fvcore jit"])
 
     memory_ours = peak_training_memory("ours", device)
     memory_ref = peak_training_memory("detectron2", device)
-    rows.append(["peak training memory (one step)", f"{memory_ours:.0f} MiB", f"{memory_ref:.0f} MiB", f"{memory_ours / memory_ref:.2f}"])
-    return rows
+    yield ["peak training memory (one step)", f"{memory_ours:.0f} MiB", f"{memory_ref:.0f} MiB",
+           f"{memory_ours / memory_ref:.2f}"]
 
 
-def format_table(rows: List[List[str]]) -> str:
-    header = ["", "FocalRetinaNet", "detectron2 RetinaNet", "ours/d2"]
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-    return "\n".join(lines)
+HEADER = ["", "FocalRetinaNet", "detectron2 RetinaNet", "ours/d2"]
+WIDTHS = [48, 16, 22, 8]
+
+
+def format_row(cells: List[str]) -> str:
+    """One markdown table row with fixed column widths."""
+    return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, WIDTHS)) + " |"
+
+
+def table_header() -> str:
+    return format_row(HEADER) + "\n|" + "|".join("-" * (w + 2) for w in WIDTHS) + "|"
 
 
 def dump(rows, path: str) -> None:

@@ -87,3 +87,17 @@ def test_num_classes_that_disagrees_with_the_dataset_is_named(tmp_path):
     )
     assert result.returncode != 0
     assert "MODEL.RETINANET.NUM_CLASSES=80, but dataset 'shapes_tiny_train' has 3 classes" in result.stderr
+
+
+def test_demo_trains_evaluates_and_draws(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "demo.py"), "--config-file", INSTANT, "--images", "3",
+         "OUTPUT_DIR", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in result.stdout + result.stderr
+    from PIL import Image
+
+    with Image.open(tmp_path / "detections.png") as image:
+        assert image.format == "PNG" and image.size == (4 * 128, 128)  # 3 images on a 4-column grid

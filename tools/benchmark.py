@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-from retinanet_d2.benchmark import dump, format_table, run
+from retinanet_d2.benchmark import dump, format_row, run, table_header
 
 
 def main():
@@ -16,10 +16,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
-    rows = run(args.device, args.repeats)
     print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"medians of {args.repeats}")
-    print(format_table(rows))
+    print(table_header(), flush=True)
+    rows = []
+    for row in run(args.device, args.repeats):
+        print(format_row(row), flush=True)
+        rows.append(row)
     if args.json:
         dump(rows, args.json)
 

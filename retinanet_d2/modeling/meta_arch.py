@@ -2,7 +2,8 @@
 
 Training: every anchor is assigned (assignment.py); the classification loss (FL or FL*) is summed
 over all non-ignored anchors and the box loss over foreground anchors, both divided by the number of
-foreground anchors of the whole batch (all-reduced over processes, §3/§4). Inference: per level,
+foreground anchors of the whole batch (all-reduced over processes, §3/§4). The OHEM baseline (Table
+1(d)) sums over the anchors ohem.py selects instead, divided by their number. Inference: per level,
 scores > SCORE_THRESH_TEST, top TOPK_CANDIDATES_TEST, decode; then per-class NMS and at most
 DETECTIONS_PER_IMAGE detections.
 """
