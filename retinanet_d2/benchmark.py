@@ -197,17 +197,19 @@ def focal_loss_micro(device: str, repeats: int, anchors: int = 200_000, classes:
     )
 
 
-def _current_rss_kib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+def _proc_status_kib(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def measure_peak_training_memory(which: str, device: str) -> float:
     """MiB of memory one training step of ``which`` ("ours" or "detectron2") adds at its peak:
-    CUDA max_memory_allocated, or on CPU peak RSS minus RSS before the step. Run it in a fresh
-    process (see peak_training_memory) so that nothing else has raised the peak before."""
-    import resource
-
+    CUDA max_memory_allocated, or on CPU the peak RSS (VmHWM, reset through /proc/self/clear_refs)
+    minus the RSS before the step. peak_training_memory runs it in a fresh process."""
     cfg, ref_cfg = benchmark_configs(device)
     model = build_model(cfg if which == "ours" else ref_cfg)
     batch = training_batch(device)
@@ -216,9 +218,11 @@ def measure_peak_training_memory(which: str, device: str) -> float:
         before = torch.cuda.memory_allocated()
         train_step(model, batch)
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    before = _current_rss_kib()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    before = _proc_status_kib("VmRSS")
     train_step(model, batch)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return (_proc_status_kib("VmHWM") - before) / 1024
 
 
 def peak_training_memory(which: str, device: str) -> float:

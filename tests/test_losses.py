@@ -113,3 +113,31 @@ def test_fl_star_with_beta_zero_equals_fvcore():
     t = torch.tensor([1.0, 0.0] * 5 + [1.0])
     ours = sigmoid_focal_loss_star(LOGITS, t, alpha=0.25, gamma=3.0, beta=0.0)
     torch.testing.assert_close(ours, fvcore_focal_loss_star(LOGITS, t, 0.25, 3.0))
+
+
+def test_compiled_kernels_equal_eager_kernels(monkeypatch):
+    from retinanet_d2.modeling import losses
+
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(losses.COMPILE_MIN_ELEMENTS // 8 + 1, 8, generator=generator) * 5
+    labels = torch.randint(-1, 9, (logits.shape[0],), generator=generator)
+    targets = (labels[:, None] == torch.arange(8)).float()
+
+    def run():
+        a = logits.clone().requires_grad_()
+        fused = focal_loss_from_labels(a, labels, 0.25, 2.0)
+        fused.backward()
+        b = logits.clone().requires_grad_()
+        elementwise = sigmoid_focal_loss(b, targets, 0.25, 2.0, reduction="sum")
+        elementwise.backward()
+        return fused, a.grad, elementwise, b.grad
+
+    compiled = run()
+    assert set(losses._compiled) == {
+        losses._label_focal_loss_sum, losses._label_focal_loss_grad,
+        losses._focal_loss_values, losses._focal_loss_grad,
+    }
+    assert not losses._compile_failed
+    monkeypatch.setenv("RETINANET_D2_COMPILE", "0")
+    for x, y in zip(compiled, run()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)

@@ -6,12 +6,46 @@
   one-hot target, no saved intermediates, gradient from the paper's eq. 10.
 
 Notation: ``x`` logits, ``t`` targets in [0, 1], ``y = 2t - 1``, ``x_t = y x``, ``p_t = sigmoid(x_t)``.
+
+The elementwise kernels run through ``torch.compile(dynamic=True)`` (one fused loop, no recompiles
+as image sizes change) for inputs of at least COMPILE_MIN_ELEMENTS elements; smaller inputs, and
+machines where compiling fails (logged once), run them eagerly. RETINANET_D2_COMPILE=0 turns
+compiling off.
 """
+import logging
+import os
+from typing import Callable, Dict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 REDUCTIONS = ("none", "mean", "sum")
+COMPILE_MIN_ELEMENTS = 1 << 20
+_compiled: Dict[Callable, Callable] = {}
+_compile_failed = False
+
+
+def run_elementwise(kernel: Callable, inputs: Tensor, *args):
+    """``kernel(inputs, *args)``, compiled when ``inputs`` is large and compiling works here."""
+    global _compile_failed
+    if (
+        inputs.numel() < COMPILE_MIN_ELEMENTS
+        or _compile_failed
+        or os.environ.get("RETINANET_D2_COMPILE", "1") == "0"
+    ):
+        return kernel(inputs, *args)
+    if kernel not in _compiled:
+        _compiled[kernel] = torch.compile(kernel, dynamic=True)
+    try:
+        return _compiled[kernel](inputs, *args)
+    except Exception as error:  # no C++ compiler, unsupported device, ...: fall back, loudly
+        _compile_failed = True
+        logging.getLogger(__name__).warning(
+            f"torch.compile of {kernel.__name__} failed ({type(error).__name__}: {error}); "
+            "running the focal loss eagerly"
+        )
+        return kernel(inputs, *args)
 
 
 def check_focal_loss_args(alpha: float, gamma: float) -> None:
@@ -42,17 +76,41 @@ def _alpha_weight(targets: Tensor, alpha: float) -> Tensor:
     return alpha * targets + (1 - alpha) * (1 - targets)
 
 
-def _log_one_minus_p_t(inputs: Tensor, targets: Tensor) -> Tensor:
-    """log(1 - p_t) = log(t sigmoid(-x) + (1 - t) sigmoid(x)), finite for every finite x."""
-    return torch.logaddexp(
-        torch.log(targets) + F.logsigmoid(-inputs), torch.log1p(-targets) + F.logsigmoid(inputs)
-    )
+def _log_one_minus_p_t(targets: Tensor, log_p: Tensor, log_one_minus_p: Tensor) -> Tensor:
+    """log(1 - p_t) = log(t (1 - p) + (1 - t) p) from log-sigmoids; finite for every finite x."""
+    return torch.logaddexp(torch.log(targets) + log_one_minus_p, torch.log1p(-targets) + log_p)
 
 
-def _cross_entropy(inputs: Tensor, targets: Tensor) -> Tensor:
+def _cross_entropy(targets: Tensor, log_p: Tensor, log_one_minus_p: Tensor) -> Tensor:
     """-t log(p) - (1 - t) log(1 - p) from log-sigmoids; accurate where BCE-with-logits rounds
     log(1 + e^-|x|) to 0 (|x| > ~17 in float32)."""
-    return -(targets * F.logsigmoid(inputs) + (1 - targets) * F.logsigmoid(-inputs))
+    return -(targets * log_p + (1 - targets) * log_one_minus_p)
+
+
+def _focal_loss_values(inputs: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
+    log_p, log_one_minus_p = F.logsigmoid(inputs), F.logsigmoid(-inputs)
+    loss = _cross_entropy(targets, log_p, log_one_minus_p)
+    if gamma != 0:
+        loss = loss * torch.exp(gamma * _log_one_minus_p_t(targets, log_p, log_one_minus_p))
+    if alpha >= 0:
+        loss = loss * _alpha_weight(targets, alpha)
+    return loss
+
+
+def _focal_loss_grad(x: Tensor, t: Tensor, grad_output: Tensor, alpha: float, gamma: float) -> Tensor:
+    log_p, log_one_minus_p = F.logsigmoid(x), F.logsigmoid(-x)
+    # d CE / dx = p - t, written so that neither t = 0 nor t = 1 cancels catastrophically.
+    grad = (1 - t) * torch.exp(log_p) - t * torch.exp(log_one_minus_p)
+    if gamma != 0:
+        # d (q^gamma CE) / dx with q = 1 - p_t, dq/dx = (1 - 2t) p (1 - p):
+        # q^gamma (p - t) + gamma (1 - 2t) p (1 - p) q^(gamma - 1) CE, powers taken in log space.
+        log_q = _log_one_minus_p_t(t, log_p, log_one_minus_p)
+        ce = _cross_entropy(t, log_p, log_one_minus_p)
+        slope = torch.exp(log_p + log_one_minus_p + (gamma - 1) * log_q)
+        grad = torch.exp(gamma * log_q) * grad + gamma * (1 - 2 * t) * slope * ce
+    if alpha >= 0:
+        grad = grad * _alpha_weight(t, alpha)
+    return grad * grad_output
 
 
 class _SigmoidFocalLoss(torch.autograd.Function):
@@ -62,30 +120,13 @@ class _SigmoidFocalLoss(torch.autograd.Function):
     def forward(ctx, inputs: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
         ctx.save_for_backward(inputs, targets)
         ctx.alpha, ctx.gamma = alpha, gamma
-        loss = _cross_entropy(inputs, targets)
-        if gamma != 0:
-            loss = loss * torch.exp(gamma * _log_one_minus_p_t(inputs, targets))
-        if alpha >= 0:
-            loss = loss * _alpha_weight(targets, alpha)
-        return loss
+        return run_elementwise(_focal_loss_values, inputs, targets, alpha, gamma)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         x, t = ctx.saved_tensors
-        gamma = ctx.gamma
-        log_p, log_one_minus_p = F.logsigmoid(x), F.logsigmoid(-x)
-        # d CE / dx = p - t, written so that neither t = 0 nor t = 1 cancels catastrophically.
-        grad = (1 - t) * torch.exp(log_p) - t * torch.exp(log_one_minus_p)
-        if gamma != 0:
-            # d (q^gamma CE) / dx with q = 1 - p_t, dq/dx = (1 - 2t) p (1 - p):
-            # q^gamma (p - t) + gamma (1 - 2t) p (1 - p) q^(gamma - 1) CE, powers taken in log space.
-            log_q = _log_one_minus_p_t(x, t)
-            ce = _cross_entropy(x, t)
-            slope = torch.exp(log_p + log_one_minus_p + (gamma - 1) * log_q)
-            grad = torch.exp(gamma * log_q) * grad + gamma * (1 - 2 * t) * slope * ce
-        if ctx.alpha >= 0:
-            grad = grad * _alpha_weight(t, ctx.alpha)
-        return grad * grad_output, None, None, None
+        grad = run_elementwise(_focal_loss_grad, x, t, grad_output, ctx.alpha, ctx.gamma)
+        return grad, None, None, None
 
 
 def sigmoid_focal_loss(
@@ -155,6 +196,29 @@ def _signed_targets(logits: Tensor, labels: Tensor) -> Tensor:
     return (labels[:, None] == classes).to(logits.dtype) * 2 - 1
 
 
+def _label_focal_loss_sum(logits: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
+    y = _signed_targets(logits, labels)
+    x_t = y * logits
+    loss = -torch.sigmoid(-x_t).pow(gamma) * F.logsigmoid(x_t)
+    if alpha >= 0:
+        loss = loss * (0.5 + y * (alpha - 0.5))  # alpha_t: alpha if y = 1, 1 - alpha if y = -1
+    return (loss * (labels >= 0).to(loss.dtype)[:, None]).sum()
+
+
+def _label_focal_loss_grad(
+    logits: Tensor, labels: Tensor, grad_output: Tensor, alpha: float, gamma: float
+) -> Tensor:
+    y = _signed_targets(logits, labels)
+    x_t = y * logits
+    p_t = torch.sigmoid(x_t)
+    one_minus_p_t = torch.sigmoid(-x_t)
+    # eq. 10: dFL/dx = y (1 - p_t)^gamma (gamma p_t log(p_t) + p_t - 1)
+    grad = y * one_minus_p_t.pow(gamma) * (gamma * p_t * F.logsigmoid(x_t) - one_minus_p_t)
+    if alpha >= 0:
+        grad = grad * (0.5 + y * (alpha - 0.5))
+    return grad * (labels >= 0).to(grad.dtype)[:, None] * grad_output
+
+
 class _FocalLossFromLabels(torch.autograd.Function):
     """Sum of FL over the rows with labels >= 0; the backward pass recomputes from the logits."""
 
@@ -162,28 +226,12 @@ class _FocalLossFromLabels(torch.autograd.Function):
     def forward(ctx, logits: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
         ctx.save_for_backward(logits, labels)
         ctx.alpha, ctx.gamma = alpha, gamma
-        y = _signed_targets(logits, labels)
-        x_t = y * logits
-        log_p_t = F.logsigmoid(x_t)
-        loss = -torch.sigmoid(-x_t).pow(gamma) * log_p_t
-        if alpha >= 0:
-            loss = loss * (0.5 + y * (alpha - 0.5))  # alpha_t: alpha if y = 1, 1 - alpha if y = -1
-        return loss[labels >= 0].sum()
+        return run_elementwise(_label_focal_loss_sum, logits, labels, alpha, gamma)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         logits, labels = ctx.saved_tensors
-        y = _signed_targets(logits, labels)
-        x_t = y * logits
-        p_t = torch.sigmoid(x_t)
-        one_minus_p_t = torch.sigmoid(-x_t)
-        # eq. 10: dFL/dx = y (1 - p_t)^gamma (gamma p_t log(p_t) + p_t - 1)
-        grad = y * one_minus_p_t.pow(ctx.gamma) * (
-            ctx.gamma * p_t * F.logsigmoid(x_t) - one_minus_p_t
-        )
-        if ctx.alpha >= 0:
-            grad = grad * (0.5 + y * (ctx.alpha - 0.5))
-        grad = grad * (labels >= 0).to(grad.dtype)[:, None] * grad_output
+        grad = run_elementwise(_label_focal_loss_grad, logits, labels, grad_output, ctx.alpha, ctx.gamma)
         return grad, None, None, None
 
 
