@@ -113,20 +113,21 @@ def _focal_loss_grad(x: Tensor, t: Tensor, grad_output: Tensor, alpha: float, ga
     return grad * grad_output
 
 
-class _SigmoidFocalLoss(torch.autograd.Function):
-    """Elementwise FL; the backward pass recomputes from (inputs, targets) in log space."""
+class _RecomputingLoss(torch.autograd.Function):
+    """A loss whose backward pass recomputes from the saved inputs (nothing else is kept):
+    forward ``value_kernel(x, aux, alpha, gamma)``, backward ``grad_kernel(x, aux, grad, alpha, gamma)``."""
 
     @staticmethod
-    def forward(ctx, inputs: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
-        ctx.save_for_backward(inputs, targets)
-        ctx.alpha, ctx.gamma = alpha, gamma
-        return run_elementwise(_focal_loss_values, inputs, targets, alpha, gamma)
+    def forward(ctx, x: Tensor, aux: Tensor, alpha: float, gamma: float, value_kernel, grad_kernel):
+        ctx.save_for_backward(x, aux)
+        ctx.alpha, ctx.gamma, ctx.grad_kernel = alpha, gamma, grad_kernel
+        return run_elementwise(value_kernel, x, aux, alpha, gamma)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
-        x, t = ctx.saved_tensors
-        grad = run_elementwise(_focal_loss_grad, x, t, grad_output, ctx.alpha, ctx.gamma)
-        return grad, None, None, None
+        x, aux = ctx.saved_tensors
+        grad = run_elementwise(ctx.grad_kernel, x, aux, grad_output, ctx.alpha, ctx.gamma)
+        return grad, None, None, None, None, None
 
 
 def sigmoid_focal_loss(
@@ -147,7 +148,9 @@ def sigmoid_focal_loss(
         reduction: "none" (same shape as inputs), "mean" or "sum" (scalars).
     """
     check_focal_loss_args(alpha, gamma)
-    loss = _SigmoidFocalLoss.apply(inputs, targets.to(inputs.dtype), float(alpha), float(gamma))
+    loss = _RecomputingLoss.apply(
+        inputs, targets.to(inputs.dtype), float(alpha), float(gamma), _focal_loss_values, _focal_loss_grad
+    )
     return _reduce(loss, reduction)
 
 
@@ -219,22 +222,6 @@ def _label_focal_loss_grad(
     return grad * (labels >= 0).to(grad.dtype)[:, None] * grad_output
 
 
-class _FocalLossFromLabels(torch.autograd.Function):
-    """Sum of FL over the rows with labels >= 0; the backward pass recomputes from the logits."""
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
-        ctx.save_for_backward(logits, labels)
-        ctx.alpha, ctx.gamma = alpha, gamma
-        return run_elementwise(_label_focal_loss_sum, logits, labels, alpha, gamma)
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor):
-        logits, labels = ctx.saved_tensors
-        grad = run_elementwise(_label_focal_loss_grad, logits, labels, grad_output, ctx.alpha, ctx.gamma)
-        return grad, None, None, None
-
-
 def focal_loss_from_labels(
     logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0
 ) -> Tensor:
@@ -244,7 +231,9 @@ def focal_loss_from_labels(
     ``sigmoid_focal_loss(logits[valid], one_hot(labels[valid])[:, :K], alpha, gamma, "sum")``.
     """
     check_focal_loss_args(alpha, gamma)
-    return _FocalLossFromLabels.apply(logits, labels, float(alpha), float(gamma))
+    return _RecomputingLoss.apply(
+        logits, labels, float(alpha), float(gamma), _label_focal_loss_sum, _label_focal_loss_grad
+    )
 
 
 def focal_loss_star_from_labels(
