@@ -10,8 +10,8 @@ no official detectron2 is present, after ``bridge_sources`` has rewritten the ex
 * ``PIL.Image.LINEAR`` (removed in Pillow 10) -> ``Image.BILINEAR`` (the same filter).
 * ``np.int`` / ``np.float`` / ``np.bool`` (removed in numpy 1.24) -> ``int`` / ``float`` / ``bool``.
 * ``pkg_resources`` (gone from recent setuptools) -> the path of ``detectron2/model_zoo``.
-* CPU-only distributed training (gloo), which current detectron2 supports and v0.6 does not:
-  ``launch`` picks gloo without CUDA and ``create_ddp_model`` passes no device_ids for CPU models.
+* CPU-only distributed training (gloo), which v0.6 refuses: ``launch`` picks gloo without CUDA and
+  ``create_ddp_model`` passes no device_ids for CPU models.
 
 The rewrite touches only the extracted detectron2 sources, so nothing changes for other libraries or
 user code, and an official detectron2 (with its compiled ops) is never touched. Each rule must match
@@ -127,20 +127,20 @@ SOURCE_BRIDGES: List[SourceBridge] = [
         "detectron2/engine/launch.py",
         r'assert torch\.cuda\.is_available\(\), "cuda is not available\. Please check your installation\."',
         "has_gpu = torch.cuda.is_available()",
-        "v0.6's launch requires CUDA; current detectron2 falls back to gloo on CPU",
+        "v0.6's launch requires CUDA; without it, use gloo",
     ),
     SourceBridge(
         "detectron2/engine/launch.py",
         r'backend="NCCL",',
         'backend="NCCL" if has_gpu else "GLOO",',
-        "v0.6's launch requires CUDA; current detectron2 falls back to gloo on CPU",
+        "v0.6's launch requires CUDA; without it, use gloo",
     ),
     SourceBridge(
         "detectron2/engine/launch.py",
         r"assert num_gpus_per_machine <= torch\.cuda\.device_count\(\)\n    torch\.cuda\.set_device\(local_rank\)",
         "if has_gpu:\n        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
         "        torch.cuda.set_device(local_rank)",
-        "v0.6's launch requires CUDA; current detectron2 falls back to gloo on CPU",
+        "v0.6's launch requires CUDA; without it, use gloo",
     ),
     SourceBridge(
         "detectron2/engine/defaults.py",
