@@ -76,38 +76,39 @@ def _alpha_weight(targets: Tensor, alpha: float) -> Tensor:
     return alpha * targets + (1 - alpha) * (1 - targets)
 
 
-def _log_one_minus_p_t(targets: Tensor, log_p: Tensor, log_one_minus_p: Tensor) -> Tensor:
-    """log(1 - p_t) = log(t (1 - p) + (1 - t) p) from log-sigmoids; finite for every finite x."""
-    return torch.logaddexp(torch.log(targets) + log_one_minus_p, torch.log1p(-targets) + log_p)
+def _sigmoid_parts(x: Tensor):
+    """p = sigmoid(x), 1 - p, log p, log(1 - p), each accurate for every finite x, from one exp and
+    one log1p of e = exp(-|x|) (BCE-with-logits would round log(1 + e) to 0 for |x| > ~17)."""
+    e = torch.exp(-x.abs())
+    log1p_e = torch.log1p(e)
+    inv = 1 / (1 + e)
+    positive = x >= 0
+    p = torch.where(positive, inv, e * inv)
+    one_minus_p = torch.where(positive, e * inv, inv)
+    return p, one_minus_p, torch.clamp(x, max=0) - log1p_e, torch.clamp(-x, max=0) - log1p_e
 
 
-def _cross_entropy(targets: Tensor, log_p: Tensor, log_one_minus_p: Tensor) -> Tensor:
-    """-t log(p) - (1 - t) log(1 - p) from log-sigmoids; accurate where BCE-with-logits rounds
-    log(1 + e^-|x|) to 0 (|x| > ~17 in float32)."""
-    return -(targets * log_p + (1 - targets) * log_one_minus_p)
-
-
-def _focal_loss_values(inputs: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
-    log_p, log_one_minus_p = F.logsigmoid(inputs), F.logsigmoid(-inputs)
-    loss = _cross_entropy(targets, log_p, log_one_minus_p)
+def _focal_loss_values(x: Tensor, t: Tensor, alpha: float, gamma: float) -> Tensor:
+    p, one_minus_p, log_p, log_one_minus_p = _sigmoid_parts(x)
+    loss = -(t * log_p + (1 - t) * log_one_minus_p)  # CE
     if gamma != 0:
-        loss = loss * torch.exp(gamma * _log_one_minus_p_t(targets, log_p, log_one_minus_p))
+        loss = loss * (t * one_minus_p + (1 - t) * p).pow(gamma)  # (1 - p_t)^gamma, a sum of terms >= 0
     if alpha >= 0:
-        loss = loss * _alpha_weight(targets, alpha)
+        loss = loss * _alpha_weight(t, alpha)
     return loss
 
 
 def _focal_loss_grad(x: Tensor, t: Tensor, grad_output: Tensor, alpha: float, gamma: float) -> Tensor:
-    log_p, log_one_minus_p = F.logsigmoid(x), F.logsigmoid(-x)
-    # d CE / dx = p - t, written so that neither t = 0 nor t = 1 cancels catastrophically.
-    grad = (1 - t) * torch.exp(log_p) - t * torch.exp(log_one_minus_p)
+    p, one_minus_p, log_p, log_one_minus_p = _sigmoid_parts(x)
+    grad = (1 - t) * p - t * one_minus_p  # d CE / dx = p - t, without cancellation at t = 0 or 1
     if gamma != 0:
         # d (q^gamma CE) / dx with q = 1 - p_t, dq/dx = (1 - 2t) p (1 - p):
-        # q^gamma (p - t) + gamma (1 - 2t) p (1 - p) q^(gamma - 1) CE, powers taken in log space.
-        log_q = _log_one_minus_p_t(t, log_p, log_one_minus_p)
-        ce = _cross_entropy(t, log_p, log_one_minus_p)
-        slope = torch.exp(log_p + log_one_minus_p + (gamma - 1) * log_q)
-        grad = torch.exp(gamma * log_q) * grad + gamma * (1 - 2 * t) * slope * ce
+        # q^gamma (p - t + gamma (1 - 2t) [p (1 - p) / q] CE); p (1 - p) / q is bounded, and where q
+        # underflows to 0 it takes its limit for binary t, t p + (1 - t)(1 - p).
+        q = t * one_minus_p + (1 - t) * p
+        ratio = torch.where(q > 0, p * one_minus_p / q, t * p + (1 - t) * one_minus_p)
+        ce = -(t * log_p + (1 - t) * log_one_minus_p)
+        grad = q.pow(gamma) * (grad + gamma * (1 - 2 * t) * ratio * ce)
     if alpha >= 0:
         grad = grad * _alpha_weight(t, alpha)
     return grad * grad_output
@@ -137,8 +138,8 @@ def sigmoid_focal_loss(
 
     Same values as fvcore's and torchvision's ``sigmoid_focal_loss``; unlike them, values and
     gradients are finite for every finite logit and every gamma >= 0 (they return NaN gradients for
-    gamma < 1 at saturated logits), and accurate where p_t is within float rounding of 1: powers of
-    ``1 - p_t`` are taken in log space from log-sigmoids, never of an exact zero.
+    gamma < 1 at saturated logits), and accurate where p_t is within float rounding of 1: ``1 - p_t``
+    is built from sigmoid parts that never cancel, and no negative power of it is taken.
 
     Args:
         inputs: logits, any shape.
