@@ -21,10 +21,11 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from .config import add_retinanet_config
+from .modeling.anchors import octave_anchor_sizes
 from .modeling.losses import focal_loss_from_labels, sigmoid_focal_loss
+from .modeling.meta_arch import flatten_levels
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "retinanet_R50_FPN_1x.yaml")
-PAPER_SIZES = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [32, 64, 128, 256, 512]]
 
 
 def benchmark_configs(device: str, num_classes: int = 80):
@@ -35,12 +36,21 @@ def benchmark_configs(device: str, num_classes: int = 80):
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device
     cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    return cfg, detectron2_retinanet_cfg(cfg)
+
+
+def detectron2_retinanet_cfg(cfg):
+    """The same model as ``cfg`` (a P3-P7 FocalRetinaNet config) for detectron2's built-in RetinaNet."""
     ref_cfg = cfg.clone()
     ref_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
     ref_cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
     ref_cfg.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
-    ref_cfg.MODEL.ANCHOR_GENERATOR.SIZES = PAPER_SIZES
-    return cfg, ref_cfg
+    ref_cfg.MODEL.ANCHOR_GENERATOR.SIZES = octave_anchor_sizes(
+        [8, 16, 32, 64, 128],
+        cfg.MODEL.FOCAL_RETINANET.OCTAVE_BASE_SCALE,
+        cfg.MODEL.FOCAL_RETINANET.SCALES_PER_OCTAVE,
+    )
+    return ref_cfg
 
 
 def build_pair(device: str):
@@ -138,8 +148,6 @@ def component_fns(model, is_ours: bool, batch, device):
 
     if is_ours:
         flat_anchors = Boxes.cat(anchors)
-        from .modeling.meta_arch import flatten_levels
-
         labels, matched = model.label_anchors(flat_anchors, gt)
 
         def assignment():

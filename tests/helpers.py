@@ -10,6 +10,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import retinanet_d2
+from retinanet_d2.benchmark import detectron2_retinanet_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -39,12 +40,7 @@ def tiny_cfg(**overrides):
 
 def as_detectron2_retinanet(cfg):
     """The same config for detectron2's built-in RetinaNet."""
-    cfg = cfg.clone()
-    cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
-    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
-    cfg.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [32, 64, 128, 256, 512]]
-    return cfg
+    return detectron2_retinanet_cfg(cfg)
 
 
 def well_scaled_model(cfg, seed=0):

@@ -88,11 +88,20 @@ def _sigmoid_parts(x: Tensor):
     return p, one_minus_p, torch.clamp(x, max=0) - log1p_e, torch.clamp(-x, max=0) - log1p_e
 
 
+def _cross_entropy(t: Tensor, log_p: Tensor, log_one_minus_p: Tensor) -> Tensor:
+    return -(t * log_p + (1 - t) * log_one_minus_p)
+
+
+def _one_minus_p_t(t: Tensor, p: Tensor, one_minus_p: Tensor) -> Tensor:
+    """1 - p_t = t (1 - p) + (1 - t) p, a sum of terms >= 0 (no cancellation)."""
+    return t * one_minus_p + (1 - t) * p
+
+
 def _focal_loss_values(x: Tensor, t: Tensor, alpha: float, gamma: float) -> Tensor:
     p, one_minus_p, log_p, log_one_minus_p = _sigmoid_parts(x)
-    loss = -(t * log_p + (1 - t) * log_one_minus_p)  # CE
+    loss = _cross_entropy(t, log_p, log_one_minus_p)
     if gamma != 0:
-        loss = loss * (t * one_minus_p + (1 - t) * p).pow(gamma)  # (1 - p_t)^gamma, a sum of terms >= 0
+        loss = loss * _one_minus_p_t(t, p, one_minus_p).pow(gamma)
     if alpha >= 0:
         loss = loss * _alpha_weight(t, alpha)
     return loss
@@ -105,9 +114,9 @@ def _focal_loss_grad(x: Tensor, t: Tensor, grad_output: Tensor, alpha: float, ga
         # d (q^gamma CE) / dx with q = 1 - p_t, dq/dx = (1 - 2t) p (1 - p):
         # q^gamma (p - t + gamma (1 - 2t) [p (1 - p) / q] CE); p (1 - p) / q is bounded, and where q
         # underflows to 0 it takes its limit for binary t, t p + (1 - t)(1 - p).
-        q = t * one_minus_p + (1 - t) * p
+        q = _one_minus_p_t(t, p, one_minus_p)
         ratio = torch.where(q > 0, p * one_minus_p / q, t * p + (1 - t) * one_minus_p)
-        ce = -(t * log_p + (1 - t) * log_one_minus_p)
+        ce = _cross_entropy(t, log_p, log_one_minus_p)
         grad = q.pow(gamma) * (grad + gamma * (1 - 2 * t) * ratio * ce)
     if alpha >= 0:
         grad = grad * _alpha_weight(t, alpha)
