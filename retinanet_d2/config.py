@@ -34,7 +34,13 @@ def add_retinanet_config(cfg: CN) -> CN:
     # i = 0..SCALES_PER_OCTAVE-1; aspect ratios come from MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS.
     node.OCTAVE_BASE_SCALE = 4.0
     node.SCALES_PER_OCTAVE = 3
+    # Rounding of the cell anchors, for models converted from other projects: "" (none, the
+    # paper), "torchvision" or "detectron" (see modeling/anchors.py).
+    node.ANCHOR_ROUNDING = ""
     # Largest number of ground-truth boxes whose IoU with all anchors is computed at once; bounds
     # the memory of anchor assignment on images with thousands of boxes.
     node.MATCHER_CHUNK_BOXES = 256
+    # Clip decoded boxes to the image before NMS (torchvision and Detectron do; detectron2 clips
+    # only the final detections).
+    node.CLIP_BOXES_BEFORE_NMS = False
     return cfg

@@ -5,7 +5,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
 
 from helpers import tiny_cfg
-from retinanet_d2.modeling.anchors import OctaveAnchorGenerator, octave_anchor_sizes
+from retinanet_d2.modeling.anchors import OctaveAnchorGenerator, octave_anchor_sizes, rounded_cell_anchors
 
 STRIDES = [8, 16, 32, 64, 128]
 PAPER_SIZES = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [32, 64, 128, 256, 512]]
@@ -58,3 +58,26 @@ def test_bad_anchor_settings_name_the_key():
         octave_anchor_sizes(STRIDES, 4.0, 0)
     with pytest.raises(ValueError, match="OCTAVE_BASE_SCALE"):
         octave_anchor_sizes(STRIDES, -1.0, 3)
+
+
+def test_detectron_rounding_by_hand_on_p3():
+    # Detectron rounds at the stride (8): ratio 0.5: w0 = round(sqrt(64 / 0.5)) = round(11.31) = 11,
+    # h0 = round(5.5) = 6 (half to even); ratio 2: w0 = round(5.66) = 6, h0 = 12; then x 32 / 8 = 4.
+    cells = rounded_cell_anchors([32.0], [0.5, 1.0, 2.0], stride=8, rounding="detectron")
+    assert cells.tolist() == [[-22.0, -12.0, 22.0, 12.0], [-16.0, -16.0, 16.0, 16.0], [-12.0, -24.0, 12.0, 24.0]]
+
+
+def test_torchvision_rounding_by_hand():
+    # size 40.3 is truncated to 40; ratio 0.5: w = 40 / sqrt(.5) = 56.57, h = 28.28; corners
+    # round(28.28) = 28 and round(14.14) = 14.
+    cells = rounded_cell_anchors([32 * 2 ** (1 / 3)], [0.5, 1.0], stride=8, rounding="torchvision")
+    assert cells.tolist() == [[-28.0, -14.0, 28.0, 14.0], [-20.0, -20.0, 20.0, 20.0]]
+
+
+def test_torchvision_rounding_reproduces_torchvisions_anchor_generator():
+    from torchvision.models.detection.retinanet import _default_anchorgen
+
+    ours = OctaveAnchorGenerator(strides=STRIDES, aspect_ratios=[[0.5, 1.0, 2.0]], offset=0.0, rounding="torchvision")
+    for cells, reference in zip(ours.cell_anchors, _default_anchorgen().cell_anchors):
+        # torchvision's cell anchors are ratio-major, detectron2's size-major
+        assert torch.equal(cells, reference.view(3, 3, 4).transpose(0, 1).reshape(9, 4))

@@ -139,6 +139,7 @@ def test_config_defaults_equal_constructor_defaults():
         ("MODEL.RETINANET.PRIOR_PROB", 1.0, "PRIOR_PROB"),
         ("MODEL.FOCAL_RETINANET.LOSS", "ohem_typo", "MODEL.FOCAL_RETINANET.LOSS"),
         ("MODEL.FOCAL_RETINANET.MATCHER_CHUNK_BOXES", 0, "MATCHER_CHUNK_BOXES"),
+        ("MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING", "caffe2", "ANCHOR_ROUNDING"),
     ],
 )
 def test_bad_settings_fail_at_build_naming_the_key(key, value, message):

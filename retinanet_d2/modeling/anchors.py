@@ -4,12 +4,22 @@ On a level of stride ``s`` the anchor sizes are ``base * s * 2**(i / n)``, ``i =
 ``base = 4``, ``n = 3``, strides 8..128 this is exactly detectron2's RetinaNet setting
 ``SIZES = [[x, x * 2**(1/3), x * 2**(2/3)] for x in [32, 64, 128, 256, 512]]``, without the
 ``!!python`` eval that setting needs in YAML.
+
+Models converted from other projects were trained with rounded anchors; ``rounding`` reproduces
+them exactly: "torchvision" (sizes truncated to integers, cell-anchor corners rounded) and
+"detectron" (width and height rounded at the level's stride, then scaled to the size).
 """
+import math
 from typing import List
+
+import torch
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
+
+# Values accepted by MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING.
+ANCHOR_ROUNDINGS = ("", "torchvision", "detectron")
 
 
 def octave_anchor_sizes(strides: List[int], octave_base_scale: float, scales_per_octave: int):
@@ -28,6 +38,31 @@ def octave_anchor_sizes(strides: List[int], octave_base_scale: float, scales_per
     ]
 
 
+def rounded_cell_anchors(sizes, aspect_ratios, stride: int, rounding: str) -> torch.Tensor:
+    """(len(sizes) * len(aspect_ratios), 4) XYXY cell anchors centred at 0, size-major (detectron2's
+    order), rounded as ``rounding`` says (see the module docstring); ratio = height / width.
+
+    "torchvision": corners round(+-w/2), round(+-h/2) of w = int(size) / sqrt(ratio),
+    h = int(size) * sqrt(ratio), in float32 as torchvision computes them.
+    "detectron": w0 = round(sqrt(stride**2 / ratio)), h0 = round(w0 * ratio) (half to even), then
+    w = w0 * size / stride, h = h0 * size / stride.
+    """
+    anchors = []
+    for size in sizes:
+        for ratio in aspect_ratios:
+            if rounding == "torchvision":
+                h_ratio = torch.sqrt(torch.tensor(ratio, dtype=torch.float32))
+                w = (1 / h_ratio) * float(int(size))
+                h = h_ratio * float(int(size))
+                anchors.append(torch.round(torch.stack([-w, -h, w, h]) / 2).tolist())
+            else:
+                w0 = round(math.sqrt(stride * stride / ratio))
+                h0 = round(w0 * ratio)
+                w, h = w0 * size / stride, h0 * size / stride
+                anchors.append([-w / 2, -h / 2, w / 2, h / 2])
+    return torch.tensor(anchors, dtype=torch.float32)
+
+
 @ANCHOR_GENERATOR_REGISTRY.register()
 class OctaveAnchorGenerator(DefaultAnchorGenerator):
     """detectron2's anchor generator, configured by octave base scale and scales per octave.
@@ -38,7 +73,14 @@ class OctaveAnchorGenerator(DefaultAnchorGenerator):
 
     @configurable
     def __init__(
-        self, *, strides, aspect_ratios, octave_base_scale=4.0, scales_per_octave=3, offset=0.5
+        self,
+        *,
+        strides,
+        aspect_ratios,
+        octave_base_scale=4.0,
+        scales_per_octave=3,
+        offset=0.5,
+        rounding="",
     ):
         """
         Args:
@@ -47,13 +89,20 @@ class OctaveAnchorGenerator(DefaultAnchorGenerator):
             octave_base_scale: anchor size on a level, in units of its stride.
             scales_per_octave: number of sizes per level, 2**(i / n) apart.
             offset: anchor centre offset within a cell, in units of the stride (0.0 or 0.5).
+            rounding: "" (exact sizes), "torchvision" or "detectron" (see rounded_cell_anchors).
         """
-        super().__init__(
-            sizes=octave_anchor_sizes(strides, octave_base_scale, scales_per_octave),
-            aspect_ratios=aspect_ratios,
-            strides=strides,
-            offset=offset,
-        )
+        if rounding not in ANCHOR_ROUNDINGS:
+            raise ValueError(
+                f"MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING must be one of {ANCHOR_ROUNDINGS}, "
+                f"got {rounding!r}"
+            )
+        sizes = octave_anchor_sizes(strides, octave_base_scale, scales_per_octave)
+        super().__init__(sizes=sizes, aspect_ratios=aspect_ratios, strides=strides, offset=offset)
+        if rounding:
+            ratios = aspect_ratios if isinstance(aspect_ratios[0], (list, tuple)) else [aspect_ratios]
+            ratios = ratios * len(strides) if len(ratios) == 1 else ratios
+            for cell, level_sizes, level_ratios, stride in zip(self.cell_anchors, sizes, ratios, strides):
+                cell.copy_(rounded_cell_anchors(level_sizes, level_ratios, stride, rounding))
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
@@ -63,4 +112,5 @@ class OctaveAnchorGenerator(DefaultAnchorGenerator):
             "octave_base_scale": cfg.MODEL.FOCAL_RETINANET.OCTAVE_BASE_SCALE,
             "scales_per_octave": cfg.MODEL.FOCAL_RETINANET.SCALES_PER_OCTAVE,
             "offset": cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
+            "rounding": cfg.MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING,
         }

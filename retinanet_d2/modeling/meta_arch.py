@@ -48,6 +48,14 @@ def flatten_levels(per_level: List[Tensor], dim: int) -> Tensor:
     return torch.cat(flat, dim=1)
 
 
+def topk_count(candidates: Tensor, k: int):
+    """min(k, len(candidates)); a traced tensor while tracing, so that an exported model keeps the
+    number of candidates dynamic instead of the traced input's."""
+    if torch.jit.is_tracing():
+        return torch.clamp(torch._shape_as_tensor(candidates)[0], max=k)
+    return min(k, candidates.shape[0])
+
+
 def check_iou_thresholds(thresholds, labels) -> None:
     """Raise ValueError unless the matcher keys describe the paper's three-way assignment."""
     if len(thresholds) != 2 or not 0.0 <= thresholds[0] <= thresholds[1] <= 1.0:
@@ -89,6 +97,7 @@ class FocalRetinaNet(DenseDetector):
         test_topk_candidates: int = 1000,
         test_nms_thresh: float = 0.5,
         max_detections_per_image: int = 100,
+        clip_boxes_before_nms: bool = False,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         input_format: str = "BGR",
@@ -116,6 +125,7 @@ class FocalRetinaNet(DenseDetector):
             test_topk_candidates: candidates kept per level.
             test_nms_thresh: per-class NMS IoU threshold.
             max_detections_per_image: detections kept per image.
+            clip_boxes_before_nms: clip decoded boxes to the image before NMS.
             pixel_mean, pixel_std: input normalisation, one value per channel.
             input_format: "BGR" or "RGB", for visualisation.
         """
@@ -160,6 +170,7 @@ class FocalRetinaNet(DenseDetector):
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
+        self.clip_boxes_before_nms = clip_boxes_before_nms
         self.input_format = input_format
 
     @classmethod
@@ -198,6 +209,7 @@ class FocalRetinaNet(DenseDetector):
             "test_topk_candidates": cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "clip_boxes_before_nms": node.CLIP_BOXES_BEFORE_NMS,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
@@ -318,43 +330,45 @@ class FocalRetinaNet(DenseDetector):
     # ---------------------------------------------------------------- inference
     def forward_inference(self, images: ImageList, features, predictions) -> List[Instances]:
         logits, deltas = predictions
-        anchors = self.anchor_generator(features)
-        level_sizes = [len(a) for a in anchors]
-        anchors = Boxes.cat(anchors).tensor
-        scores = flatten_levels(logits, self.num_classes).sigmoid()
-        deltas = flatten_levels(deltas, 4)
+        anchors = [a.tensor for a in self.anchor_generator(features)]
+        # Per level, so that no level size is a Python constant in a traced (exported) model.
+        scores = [flatten_levels([x], self.num_classes).sigmoid() for x in logits]
+        deltas = [flatten_levels([x], 4) for x in deltas]
         return [
-            self.inference_single_image(anchors, level_sizes, s, d, size)
-            for s, d, size in zip(scores, deltas, images.image_sizes)
+            self.inference_single_image(anchors, [s[i] for s in scores], [d[i] for d in deltas], size)
+            for i, size in enumerate(images.image_sizes)
         ]
 
     def inference_single_image(
-        self, anchors: Tensor, level_sizes: List[int], scores: Tensor, deltas: Tensor, image_size
+        self, anchors: List[Tensor], scores: List[Tensor], deltas: List[Tensor], image_size
     ) -> Instances:
         """Detections of one image.
 
         Args:
-            anchors: (R, 4) all levels; level_sizes: anchors per level, summing to R.
-            scores: (R, K) probabilities; deltas: (R, 4).
+            anchors, scores, deltas: per level, (Ri, 4) anchors, (Ri, K) probabilities, (Ri, 4).
             image_size: (H, W) of the input before padding.
         Returns:
             Instances with pred_boxes (D, 4), scores (D,), pred_classes (D,), D <= max detections.
         """
         num_classes = self.num_classes
-        kept_scores, kept_idxs = [], []
-        start = 0
-        for size in level_sizes:
-            level_scores = scores[start : start + size].reshape(-1)
+        kept_scores, kept_classes, kept_anchors, kept_deltas = [], [], [], []
+        for level_anchors, level_scores, level_deltas in zip(anchors, scores, deltas):
+            level_scores = level_scores.reshape(-1)
             candidates = torch.nonzero(level_scores > self.test_score_thresh).squeeze(1)
-            top = level_scores[candidates].topk(min(self.test_topk_candidates, len(candidates)))
+            top = level_scores[candidates].topk(topk_count(candidates, self.test_topk_candidates))
+            flat_idxs = candidates[top.indices]
+            anchor_idxs = flat_idxs // num_classes
             kept_scores.append(top.values)
-            kept_idxs.append(candidates[top.indices] + start * num_classes)
-            start += size
+            kept_classes.append(flat_idxs % num_classes)
+            kept_anchors.append(level_anchors[anchor_idxs])
+            kept_deltas.append(level_deltas[anchor_idxs])
         top_scores = cat(kept_scores)
-        flat_idxs = cat(kept_idxs)
-        anchor_idxs = flat_idxs // num_classes
-        classes = flat_idxs % num_classes
-        boxes = self.box2box_transform.apply_deltas(deltas[anchor_idxs], anchors[anchor_idxs])
+        classes = cat(kept_classes)
+        boxes = self.box2box_transform.apply_deltas(cat(kept_deltas), cat(kept_anchors))
+        if self.clip_boxes_before_nms:
+            clipped = Boxes(boxes)
+            clipped.clip(image_size)
+            boxes = clipped.tensor
         keep = batched_nms(boxes.float(), top_scores.float(), classes, self.test_nms_thresh)
         keep = keep[: self.max_detections_per_image]
         return Instances(
