@@ -3,15 +3,17 @@
 
     python train_net.py --config-file configs/retinanet_R50_FPN_1x.yaml --num-gpus 8
     python train_net.py --config-file configs/retinanet_R50_FPN_1x.yaml --eval-only MODEL.WEIGHTS model.pth
+    python train_net.py --config-file configs/torchvision/retinanet_resnet50_fpn.yaml --eval-only
 """
 import os
+import weakref
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator
 
 import retinanet_d2
+from retinanet_d2.checkpoint import RetinaNetCheckpointer
 from retinanet_d2.compat import default_trainer_saves_optimizer, replace_train_loader
 from retinanet_d2.data import check_dataset_files, check_num_classes
 from retinanet_d2.data.resumable import build_resumable_train_loader
@@ -19,9 +21,18 @@ from retinanet_d2.weights import resolve_weights
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with COCOEvaluator, clear errors for missing or mismatched datasets, and
-    exact resumption: the optimizer state is checkpointed (detectron2 0.6 does not) and the train
-    loader continues where the checkpointed run stopped."""
+    """DefaultTrainer with COCOEvaluator, clear errors for missing or mismatched datasets,
+    MODEL.WEIGHTS in any format RetinaNetCheckpointer reads, and exact resumption: the optimizer
+    state is checkpointed (detectron2 0.6 does not) and the train loader continues where the
+    checkpointed run stopped."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        # Loads detectron2, Detectron and torchvision files; saves as detectron2's does (the
+        # PeriodicCheckpointer hook keeps detectron2's checkpointer, which saves the same state).
+        self.checkpointer = RetinaNetCheckpointer(
+            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -75,7 +86,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        RetinaNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             resolve_weights(cfg.MODEL.WEIGHTS), resume=args.resume
         )
         return Trainer.test(cfg, model)

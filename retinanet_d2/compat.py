@@ -10,6 +10,8 @@ no official detectron2 is present, after ``bridge_sources`` has rewritten the ex
 * ``PIL.Image.LINEAR`` (removed in Pillow 10) -> ``Image.BILINEAR`` (the same filter).
 * ``np.int`` / ``np.float`` / ``np.bool`` (removed in numpy 1.24) -> ``int`` / ``float`` / ``bool``.
 * ``pkg_resources`` (gone from recent setuptools) -> the path of ``detectron2/model_zoo``.
+* ``caffe2`` (not in today's torch), imported by v0.6's ``detectron2.export``: its Caffe2 API is
+  imported only when caffe2 exists, as in current detectron2, so TracingAdapter works.
 * CPU-only distributed training (gloo), which v0.6 refuses: ``launch`` picks gloo without CUDA and
   ``create_ddp_model`` passes no device_ids for CPU models.
 
@@ -141,6 +143,17 @@ SOURCE_BRIDGES: List[SourceBridge] = [
         "if has_gpu:\n        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
         "        torch.cuda.set_device(local_rank)",
         "v0.6's launch requires CUDA; without it, use gloo",
+    ),
+    SourceBridge(
+        "detectron2/export/__init__.py",
+        r"from \.api import \*\n",
+        "try:  # the Caffe2 export API needs caffe2, which current torch lacks\n"
+        "    from caffe2.proto import caffe2_pb2 as _caffe2_pb2  # noqa: F401\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "else:\n"
+        "    from .api import *\n",
+        "v0.6 imports caffe2 with detectron2.export; TracingAdapter and TorchScript export need none",
     ),
     SourceBridge(
         "detectron2/engine/defaults.py",

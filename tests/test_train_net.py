@@ -1,6 +1,7 @@
 """End to end through train_net.py: a few DefaultTrainer iterations on the embedded dataset, then
 --eval-only from the checkpoint it wrote; and every config file parses and builds."""
 import glob
+import json
 import os
 import re
 import subprocess
@@ -14,7 +15,8 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import retinanet_d2
-from helpers import CONFIGS, REPO, image_with_boxes
+from helpers import CONFIGS, REPO, image_with_boxes, well_scaled_model
+from weights_files import detectron_blobs, randomize_norms, write_pickle
 
 INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
 
@@ -101,3 +103,32 @@ def test_demo_trains_evaluates_and_draws(tmp_path):
 
     with Image.open(tmp_path / "detections.png") as image:
         assert image.format == "PNG" and image.size == (4 * 128, 128)  # 3 images on a 4-column grid
+
+
+def test_eval_only_with_a_detectron_pickle_gives_the_reference_detections(tmp_path):
+    """--eval-only MODEL.WEIGHTS=<Detectron pickle> evaluates the same detections as the
+    detectron2 checkpoint it was made from (Detectron has no GroupNorm: frozen BN, plain head)."""
+    overrides = ["MODEL.RESNETS.NORM", "FrozenBN", "MODEL.RETINANET.NORM", ""]
+    cfg = get_cfg()
+    retinanet_d2.add_retinanet_config(cfg)
+    cfg.merge_from_file(INSTANT)
+    cfg.merge_from_list(overrides + ["MODEL.DEVICE", "cpu"])
+    reference = well_scaled_model(cfg)
+    randomize_norms(reference, seed=0)
+    torch.save({"model": reference.state_dict()}, tmp_path / "reference.pth")
+    write_pickle({"blobs": detectron_blobs(reference)}, tmp_path / "detectron.pkl")
+    detections = {}
+    for name in ("reference.pth", "detectron.pkl"):
+        log = run_train_net(
+            "--config-file", INSTANT, "--eval-only", "MODEL.WEIGHTS", str(tmp_path / name),
+            "OUTPUT_DIR", str(tmp_path / f"eval_{name}"), *overrides,
+        )
+        assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+        with open(tmp_path / f"eval_{name}" / "inference" / "coco_instances_results.json") as f:
+            results = json.load(f)
+        detections[name] = sorted((r["image_id"], r["category_id"], r["bbox"], r["score"]) for r in results)
+    reference_results, detectron_results = detections["reference.pth"], detections["detectron.pkl"]
+    assert len(detectron_results) == len(reference_results) > 10
+    for (image, category, box, score), (ref_image, ref_category, ref_box, ref_score) in zip(detectron_results, reference_results):
+        assert (image, category) == (ref_image, ref_category)
+        assert box == pytest.approx(ref_box, abs=1e-2) and score == pytest.approx(ref_score, abs=1e-5)

@@ -1,0 +1,118 @@
+"""Reading a weights file and recognising its format from its contents, not its name.
+
+Formats (the value of ``FORMATS``' keys is what ``describe`` and the logs call them):
+- "detectron2": a model-zoo pickle ``{"model": ..., "__author__": ...}``, a training checkpoint
+  ``{"model": ..., "optimizer": ..., "iteration": ...}`` or a bare state dict with detectron2 names.
+- "detectron": a Detectron (Caffe2) RetinaNet pickle ``{"blobs": {"retnet_...": ...}}``.
+- "caffe2": other Caffe2 weights (ImageNet backbones such as R-50.pkl, Detectron models of other
+  heads); loaded by detectron2's own name-matching heuristics, as detectron2 does.
+- "torchvision": a ``retinanet_resnet50_fpn`` or ``_v2`` state dict.
+"""
+import logging
+import pickle
+import zipfile
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+from .detectron_format import convert_detectron_retinanet, is_detectron_retinanet
+from .torchvision_format import (
+    convert_torchvision_retinanet,
+    is_torchvision_retinanet,
+    torchvision_version,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("detectron2", "detectron", "caffe2", "torchvision")
+
+
+def read_file(path: str) -> Any:
+    """The object stored in ``path``: a torch.save archive (zip or legacy) or a pickle.
+
+    Raises ValueError if it is neither.
+    """
+    if zipfile.is_zipfile(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="latin1")
+    except Exception as error:  # pickle raises many types on foreign bytes
+        with open(path, "rb") as f:
+            head = f.read(16)
+        raise ValueError(
+            f"neither a torch.save file nor a pickle ({type(error).__name__}: {error}); "
+            f"its first bytes are {head!r}"
+        ) from error
+    if isinstance(obj, int):  # torch.save's legacy format starts with a pickled magic number
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return obj
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, (torch.Tensor, np.ndarray)) for k, v in obj.items())
+    )
+
+
+def describe(obj: Any, limit: int = 5) -> str:
+    """A one-line summary of what a file holds, for error messages."""
+    if not isinstance(obj, dict):
+        return f"a {type(obj).__module__}.{type(obj).__qualname__} object"
+    items = []
+    for key, value in list(obj.items())[:limit]:
+        shape = getattr(value, "shape", None)
+        kind = f"{type(value).__name__}{list(shape) if shape is not None else ''}"
+        items.append(f"{key!r}: {kind}")
+    more = f", ... ({len(obj)} keys)" if len(obj) > limit else ""
+    return "a dict {" + ", ".join(items) + more + "}"
+
+
+def detect_format(obj: Any) -> str:
+    """One of FORMATS for the object read from a weights file; ValueError if none fits."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("model"), dict):
+            return "detectron2"
+        if isinstance(obj.get("blobs"), dict):
+            return "detectron" if is_detectron_retinanet(obj["blobs"]) else "caffe2"
+        if _is_state_dict(obj):
+            if is_torchvision_retinanet(obj):
+                return "torchvision"
+            if all("." not in k for k in obj):  # Caffe2 blob names have no dots
+                return "caffe2"
+            return "detectron2"
+    raise ValueError(
+        "not a weights file of a known format (detectron2 checkpoint or model-zoo pickle, "
+        f"Detectron/Caffe2 pickle, torchvision RetinaNet state dict); it holds {describe(obj)}"
+    )
+
+
+def to_detectron2_checkpoint(obj: Any, fmt: str) -> Dict[str, Any]:
+    """The checkpoint dict detectron2's checkpointer loads (``{"model": state dict, ...}``) for an
+    object of format ``fmt`` (see detect_format), converted to detectron2's names."""
+    if fmt == "detectron2":
+        return obj if "model" in obj else {"model": obj}
+    if fmt == "caffe2":
+        blobs = {k: v for k, v in obj.get("blobs", obj).items() if not k.endswith("_momentum")}
+        return {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
+    if fmt == "detectron":
+        return {"model": convert_detectron_retinanet(obj["blobs"]), "__author__": "Detectron"}
+    return {"model": convert_torchvision_retinanet(obj), "__author__": f"torchvision {torchvision_version(obj)}"}
+
+
+def read_weights(path: str) -> Dict[str, Any]:
+    """The detectron2 checkpoint dict for the weights file ``path``, whatever its format.
+
+    Raises ValueError naming the file and what it holds if it cannot be read or converted.
+    """
+    try:
+        obj = read_file(path)
+        fmt = detect_format(obj)
+        checkpoint = to_detectron2_checkpoint(obj, fmt)
+    except Exception as error:  # any failure to read or convert: re-raised naming the file
+        raise ValueError(f"MODEL.WEIGHTS={path}: {error}") from error
+    logger.info(f"MODEL.WEIGHTS={path}: {fmt} format, {len(checkpoint['model'])} tensors")
+    return checkpoint

@@ -1,0 +1,141 @@
+"""Running a model on image files: detections drawn on each image and a COCO results list.
+
+Images are read in cfg.INPUT.FORMAT, resized as at test time (ResizeShortestEdge to
+INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) and the detections mapped back to the original pixels, as
+detectron2's DefaultPredictor does, with MODEL.WEIGHTS loaded by RetinaNetCheckpointer.
+"""
+import json
+import logging
+import os
+from typing import Dict, Iterable, List, Tuple
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import detectron2.data.transforms as T
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import convert_image_to_rgb, read_image
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+
+from .checkpoint import RetinaNetCheckpointer
+from .visualize import draw_detections
+from .weights import resolve_weights
+
+logger = logging.getLogger(__name__)
+
+# File endings read from a folder (files named explicitly are read whatever their ending).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Files written next to the drawn images.
+RESULTS_FILE = "coco_results.json"
+IMAGE_IDS_FILE = "image_ids.json"
+
+
+def list_images(inputs: Iterable[str]) -> List[str]:
+    """Image files among ``inputs``: files as given, folders expanded to their images (sorted).
+
+    Raises FileNotFoundError naming an input that does not exist.
+    """
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            names = sorted(n for n in os.listdir(item) if n.lower().endswith(IMAGE_EXTENSIONS))
+            paths.extend(os.path.join(item, n) for n in names)
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"--input {item}: no such file or folder")
+    return paths
+
+
+def image_ids(paths: List[str]) -> List[int]:
+    """COCO image id of each path: the file names' numbers when all are numbers (COCO's own
+    files, 000000000139.jpg -> 139), else 1..N in order."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    if stems and all(s.isdigit() for s in stems):
+        return [int(s) for s in stems]
+    return list(range(1, len(paths) + 1))
+
+
+class Predictor:
+    """cfg's model with MODEL.WEIGHTS loaded, in eval mode; call it on an (H, W, 3) uint8 image in
+    cfg.INPUT.FORMAT to get its detections (Instances, original pixel coordinates)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.model = build_model(cfg).eval()
+        RetinaNetCheckpointer(self.model).load(resolve_weights(cfg.MODEL.WEIGHTS))
+        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> Instances:
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
+
+
+def coco_category_ids(cfg) -> Dict[int, int]:
+    """Contiguous class -> dataset category id, from the metadata of cfg.DATASETS.TEST[0] (identity
+    when it has no such mapping)."""
+    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+    mapping = getattr(metadata, "thing_dataset_id_to_contiguous_id", None) or {}
+    return {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
+
+
+def class_names(cfg) -> List[str]:
+    """Names to draw: the test dataset's thing_classes, else the class numbers."""
+    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+    names = getattr(metadata, "thing_classes", None)
+    return list(names) if names else [str(i) for i in range(cfg.MODEL.RETINANET.NUM_CLASSES)]
+
+
+def output_name(path: str) -> str:
+    """Drawn image's file name: the input's, as PNG unless it is a JPEG."""
+    stem, ext = os.path.splitext(os.path.basename(path))
+    return stem + (ext if ext.lower() in (".jpg", ".jpeg", ".png") else ".png")
+
+
+def predict_files(
+    predictor: Predictor, paths: List[str], output_dir: str, draw_threshold: float = 0.5
+) -> Tuple[List[dict], List[Tuple[str, str]]]:
+    """Detect on every path, writing into ``output_dir`` the drawn images (detections scoring at
+    least ``draw_threshold``), RESULTS_FILE (all detections) and IMAGE_IDS_FILE (id -> path).
+
+    Returns:
+        results: COCO results (image_id, category_id, bbox XYWH, score), all detections.
+        skipped: (path, reason) of each file that could not be read as an image.
+    """
+    names = [output_name(p) for p in paths]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ValueError(f"several inputs would be drawn to the same file name: {clashes}")
+    os.makedirs(output_dir, exist_ok=True)
+    categories = coco_category_ids(predictor.cfg)
+    labels = class_names(predictor.cfg)
+    results, skipped = [], []
+    for path, image_id, name in tqdm(
+        list(zip(paths, image_ids(paths), names)), desc="images", disable=len(paths) < 2
+    ):
+        try:
+            image = read_image(path, format=predictor.cfg.INPUT.FORMAT)
+        except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, ... on bad files
+            logger.warning(f"skipped {path}: cannot be read as an image ({type(error).__name__}: {error})")
+            skipped.append((path, f"{type(error).__name__}: {error}"))
+            continue
+        instances = predictor(image).to("cpu")
+        for result in instances_to_coco_json(instances, image_id):
+            result["category_id"] = categories.get(result["category_id"], result["category_id"])
+            results.append(result)
+        rgb = convert_image_to_rgb(image, predictor.cfg.INPUT.FORMAT)
+        drawn = draw_detections(np.ascontiguousarray(rgb[:, :, ::-1]), instances, labels, draw_threshold)
+        cv2.imwrite(os.path.join(output_dir, name), drawn[:, :, ::-1])
+    with open(os.path.join(output_dir, RESULTS_FILE), "w") as f:
+        json.dump(results, f)
+    read = [(i, p) for i, p in zip(image_ids(paths), paths) if p not in dict(skipped)]
+    with open(os.path.join(output_dir, IMAGE_IDS_FILE), "w") as f:
+        json.dump({str(i): p for i, p in read}, f, indent=1)
+    return results, skipped

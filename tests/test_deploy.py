@@ -1,0 +1,149 @@
+"""Using a model: tools/predict.py on a folder (torchvision weights, compared with torchvision's own
+detections) and export by tracing (TorchScript, ONNX) compared with the eager model."""
+import importlib.util
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torchvision.models.detection import retinanet_resnet50_fpn
+
+from helpers import REPO, image_with_boxes, tiny_cfg, well_scaled_model
+from retinanet_d2.export import export_onnx, trace
+from retinanet_d2.predict import IMAGE_IDS_FILE, RESULTS_FILE, image_ids
+from test_weights import HEIGHT, WIDTH, assert_same_detection_sets, torchvision_detections
+from weights_files import torchvision_reference
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_image_ids_are_cocos_for_numbered_files():
+    assert image_ids(["a/000000000139.jpg", "b/785.png"]) == [139, 785]
+    assert image_ids(["a/139.jpg", "b/cat.png"]) == [1, 2]
+
+
+def test_predict_folder_reproduces_torchvision_and_skips_unreadable_files(tmp_path, capsys):
+    reference = torchvision_reference(retinanet_resnet50_fpn, min_size=HEIGHT, max_size=WIDTH)
+    weights = str(tmp_path / "torchvision_v1.pth")
+    torch.save(reference.state_dict(), weights)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    images = {}
+    for image_id in (7, 42):
+        rgb = rng.randint(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+        cv2.imwrite(str(folder / f"{image_id:012d}.png"), rgb[:, :, ::-1])
+        images[image_id] = rgb
+    (folder / "000000000099.jpg").write_bytes(b"not an image")
+    output = tmp_path / "out"
+
+    status = load_tool("predict").main([
+        "--config-file", os.path.join(REPO, "configs", "torchvision", "retinanet_resnet50_fpn.yaml"),
+        "--input", str(folder), "--output", str(output),
+        "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu",
+        "INPUT.MIN_SIZE_TEST", str(HEIGHT), "INPUT.MAX_SIZE_TEST", str(WIDTH),
+    ])
+
+    assert status == 1
+    assert "skipped " + str(folder / "000000000099.jpg") in capsys.readouterr().err
+    assert sorted(os.listdir(output)) == sorted(["000000000007.png", "000000000042.png", IMAGE_IDS_FILE, RESULTS_FILE])
+    drawn = cv2.imread(str(output / "000000000007.png"))
+    assert drawn.shape == (HEIGHT, WIDTH, 3)
+    results = json.loads((output / RESULTS_FILE).read_text())
+    assert json.loads((output / IMAGE_IDS_FILE).read_text()) == {
+        "7": str(folder / "000000000007.png"), "42": str(folder / "000000000042.png")
+    }
+    for image_id, rgb in images.items():
+        mine = [r for r in results if r["image_id"] == image_id]
+        xywh = torch.tensor([r["bbox"] for r in mine])
+        xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        assert_same_detection_sets(
+            (xyxy, torch.tensor([r["score"] for r in mine]), torch.tensor([r["category_id"] for r in mine])),
+            torchvision_detections(reference, torch.from_numpy(rgb).permute(2, 0, 1).float()),
+        )
+
+
+@pytest.fixture(scope="module")
+def traced_tiny_model():
+    model = well_scaled_model(tiny_cfg()).eval()
+    traced, adapter = trace(model, image_with_boxes(seed=0)["image"])
+    return model, traced, adapter
+
+
+def eager_and_exported(model, adapter, outputs, image):
+    with torch.no_grad():
+        eager = model([{"image": image}])[0]["instances"]
+    return eager, adapter.outputs_schema(outputs)[0]["instances"]
+
+
+def assert_same(eager, exported, atol):
+    assert len(eager) == len(exported) > 10
+    torch.testing.assert_close(exported.pred_boxes.tensor, eager.pred_boxes.tensor, atol=atol, rtol=0)
+    torch.testing.assert_close(exported.scores, eager.scores, atol=1e-5, rtol=0)
+    assert torch.equal(exported.pred_classes, eager.pred_classes)
+
+
+# The traced image (160x224, padded to 256x256), another image of that size with another number of
+# candidates, and another size with another padded size (96x300, padded to 128x384).
+IMAGES = [dict(seed=0), dict(seed=1), dict(seed=2, height=96, width=300)]
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_torchscript_matches_the_eager_model(traced_tiny_model, image, tmp_path):
+    model, traced, adapter = traced_tiny_model
+    path = str(tmp_path / "model.ts")
+    traced.save(path)
+    x = image_with_boxes(**image)["image"]
+    with torch.no_grad():
+        outputs = torch.jit.load(path)(x)
+    assert_same(*eager_and_exported(model, adapter, outputs, x), atol=1e-4)
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_onnx_matches_the_eager_model(traced_tiny_model, image, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model, _, adapter = traced_tiny_model
+    path = str(tmp_path / "model.onnx")
+    export_onnx(adapter, image_with_boxes(**IMAGES[0])["image"], path)
+    session = onnxruntime.InferenceSession(path)
+    x = image_with_boxes(**image)["image"]
+    outputs = [torch.from_numpy(o) for o in session.run(None, {"image": x.numpy()})]
+    assert_same(*eager_and_exported(model, adapter, outputs, x), atol=1e-2)
+
+
+def test_export_tool_writes_a_torchscript_that_matches_the_model(tmp_path):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import retinanet_d2
+    from retinanet_d2.checkpoint import RetinaNetCheckpointer
+
+    config = os.path.join(REPO, "configs", "shapes_instant_test.yaml")
+    cfg = get_cfg()
+    retinanet_d2.add_retinanet_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.MODEL.DEVICE = "cpu"
+    torch.save({"model": well_scaled_model(cfg).state_dict()}, tmp_path / "model.pth")
+    rgb = np.random.RandomState(0).randint(0, 256, (128, 160, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "sample.png"), rgb[:, :, ::-1])
+    with_onnx = importlib.util.find_spec("onnx") is not None
+    status = load_tool("export_model").main([
+        "--config-file", config, "--sample-image", str(tmp_path / "sample.png"), "--output", str(tmp_path / "out"),
+        *(["--onnx"] if with_onnx else []), "MODEL.WEIGHTS", str(tmp_path / "model.pth"), "MODEL.DEVICE", "cpu",
+    ])
+    assert status == 0
+    assert sorted(os.listdir(tmp_path / "out")) == (["model.onnx", "model.ts"] if with_onnx else ["model.ts"])
+    model = build_model(cfg).eval()
+    RetinaNetCheckpointer(model).load(str(tmp_path / "model.pth"))
+    image = image_with_boxes(height=128, width=160, seed=3)["image"][[2, 1, 0]]  # any (3, H, W) input
+    _, adapter = trace(model, image)
+    with torch.no_grad():
+        outputs = torch.jit.load(str(tmp_path / "out" / "model.ts"))(image)
+    assert_same(*eager_and_exported(model, adapter, outputs, image), atol=1e-4)

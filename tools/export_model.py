@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Export a FocalRetinaNet (config + MODEL.WEIGHTS in any accepted format) by tracing with
+detectron2's TracingAdapter: TorchScript, and ONNX where the onnx package is installed.
+
+    python tools/export_model.py --config-file configs/retinanet_R50_FPN_1x.yaml \\
+        --sample-image street.jpg --output exported/ [--onnx] \\
+        MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
+
+Writes OUTPUT/model.ts, and OUTPUT/model.onnx with --onnx. Input: one (3, H, W) float image in
+cfg.INPUT.FORMAT and 0-255 range, already resized as at test time; outputs: the detections' boxes
+(XYXY, input pixels), classes and scores, flattened as TracingAdapter lists them.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
+
+import retinanet_d2  # noqa: E402
+from retinanet_d2.export import export_onnx, trace  # noqa: E402
+from retinanet_d2.predict import Predictor  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--sample-image", required=True, help="an image to trace the model on")
+    parser.add_argument("--output", required=True, help="folder for model.ts / model.onnx")
+    parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = parser.parse_args(argv)
+    cfg = get_cfg()
+    retinanet_d2.add_retinanet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+
+    predictor = Predictor(cfg)
+    image = read_image(args.sample_image, format=cfg.INPUT.FORMAT)
+    resized = predictor.resize.get_transform(image).apply_image(image)
+    tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1), device=cfg.MODEL.DEVICE)
+    traced, adapter = trace(predictor.model, tensor)
+    os.makedirs(args.output, exist_ok=True)
+    traced.save(os.path.join(args.output, "model.ts"))
+    if args.onnx:
+        export_onnx(adapter, tensor, os.path.join(args.output, "model.onnx"))
+    print(f"[export_model] TorchScript{' and ONNX' if args.onnx else ''} -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

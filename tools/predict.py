@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Detect objects in images with a FocalRetinaNet config and weights (any format MODEL.WEIGHTS
+accepts), drawing the detections on each image and writing a COCO results JSON.
+
+    python tools/predict.py --config-file configs/torchvision/retinanet_resnet50_fpn.yaml \\
+        --input photos/ street.jpg --output predictions/ [MODEL.WEIGHTS file.pth MODEL.DEVICE cpu]
+
+Writes OUTPUT/<image name> (detections scoring >= --draw-threshold), OUTPUT/coco_results.json
+(every detection; image ids are COCO's when the file names are numbers) and OUTPUT/image_ids.json.
+Files that cannot be read as images are reported by name and skipped; the exit status is then 1.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import retinanet_d2  # noqa: E402
+from retinanet_d2.predict import Predictor, list_images, predict_files  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
+    parser.add_argument("--output", required=True, help="folder for drawn images and JSON")
+    parser.add_argument("--draw-threshold", type=float, default=0.5, help="lowest score drawn")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = parser.parse_args(argv)
+    setup_logger(name="retinanet_d2")
+    cfg = get_cfg()
+    retinanet_d2.add_retinanet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+
+    paths = list_images(args.input)
+    results, skipped = predict_files(Predictor(cfg), paths, args.output, args.draw_threshold)
+    print(f"[predict] {len(paths) - len(skipped)} images, {len(results)} detections -> {args.output}")
+    for path, reason in skipped:
+        print(f"[predict] skipped {path}: {reason}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
