@@ -132,3 +132,23 @@ def test_eval_only_with_a_detectron_pickle_gives_the_reference_detections(tmp_pa
     for (image, category, box, score), (ref_image, ref_category, ref_box, ref_score) in zip(detectron_results, reference_results):
         assert (image, category) == (ref_image, ref_category)
         assert box == pytest.approx(ref_box, abs=1e-2) and score == pytest.approx(ref_score, abs=1e-5)
+
+
+def test_training_starts_from_a_detectron_pickle(tmp_path):
+    """Fine-tuning: the Trainer's checkpointer reads MODEL.WEIGHTS in other formats too."""
+    sys.path.insert(0, REPO)
+    import train_net
+
+    cfg = get_cfg()
+    retinanet_d2.add_retinanet_config(cfg)
+    cfg.merge_from_file(INSTANT)
+    cfg.merge_from_list(["MODEL.RESNETS.NORM", "FrozenBN", "MODEL.RETINANET.NORM", "", "MODEL.DEVICE", "cpu"])
+    reference = well_scaled_model(cfg)
+    cfg.MODEL.WEIGHTS = write_pickle({"blobs": detectron_blobs(reference)}, tmp_path / "detectron.pkl")
+    cfg.OUTPUT_DIR = str(tmp_path / "train")
+    trainer = train_net.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    loaded = dict(trainer.model.named_parameters())
+    for name, param in reference.named_parameters():
+        if ".norm." not in name:  # frozen BN is loaded folded (scale, shift)
+            assert torch.equal(loaded[name], param), name
