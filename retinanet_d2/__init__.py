@@ -2,10 +2,11 @@
 
 ``import retinanet_d2`` registers the meta-architecture ``FocalRetinaNet``, the backbone
 ``build_focal_retinanet_resnet_fpn_backbone``, the anchor generator ``OctaveAnchorGenerator`` and
-the embedded demo dataset; ``add_retinanet_config(cfg)`` adds the project's config node.
+the embedded demo dataset; ``add_retinanet_config(cfg)`` adds the project's config node and
+``load_config(file, opts)`` builds a config with it.
 """
-from .config import add_retinanet_config
+from .config import add_retinanet_config, load_config
 from . import modeling  # noqa: F401  (only registration)
 from . import data  # noqa: F401  (only registration)
 
-__all__ = ["add_retinanet_config"]
+__all__ = ["add_retinanet_config", "load_config"]

@@ -3,7 +3,10 @@
 Keys detectron2 already has (``MODEL.RETINANET.*``, ``MODEL.ANCHOR_GENERATOR.*``, ``MODEL.FPN.*``,
 ``SOLVER.*``, ``TEST.DETECTIONS_PER_IMAGE``) keep their meaning; only what detectron2 lacks lives here.
 """
+from typing import Sequence
+
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 # Values accepted by MODEL.FOCAL_RETINANET.LOSS.
 LOSS_NAMES = ("focal", "focal_star", "ohem")
@@ -43,4 +46,13 @@ def add_retinanet_config(cfg: CN) -> CN:
     # Clip decoded boxes to the image before NMS (torchvision and Detectron do; detectron2 clips
     # only the final detections).
     node.CLIP_BOXES_BEFORE_NMS = False
+    return cfg
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """detectron2's defaults plus this node, merged with ``config_file`` and then ``opts``
+    (``[KEY, VALUE, ...]``, as on a command line); not frozen."""
+    cfg = add_retinanet_config(get_cfg())
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
     return cfg

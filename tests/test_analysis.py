@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import retinanet_d2
@@ -60,9 +59,7 @@ def test_cdfs_are_normalised_and_focus_on_hard_negatives():
 
 
 def test_loss_cdf_tool_on_a_checkpoint(tmp_path):
-    cfg = get_cfg()
-    retinanet_d2.add_retinanet_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, "shapes_instant_test.yaml"))
+    cfg = retinanet_d2.load_config(os.path.join(CONFIGS, "shapes_instant_test.yaml"))
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
     out = tmp_path / "figures"
     run_tool("tools/loss_cdf.py", "--config-file", os.path.join(CONFIGS, "shapes_instant_test.yaml"),

@@ -10,7 +10,11 @@ import pytest
 import torch
 from torchvision.models.detection import retinanet_resnet50_fpn
 
+from detectron2.modeling import build_model
+
+import retinanet_d2
 from helpers import REPO, image_with_boxes, tiny_cfg, well_scaled_model
+from retinanet_d2.checkpoint import RetinaNetCheckpointer
 from retinanet_d2.export import export_onnx, trace
 from retinanet_d2.predict import IMAGE_IDS_FILE, RESULTS_FILE, image_ids
 from test_weights import HEIGHT, WIDTH, assert_same_detection_sets, torchvision_detections
@@ -119,17 +123,8 @@ def test_onnx_matches_the_eager_model(traced_tiny_model, image, tmp_path):
 
 
 def test_export_tool_writes_a_torchscript_that_matches_the_model(tmp_path):
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-
-    import retinanet_d2
-    from retinanet_d2.checkpoint import RetinaNetCheckpointer
-
     config = os.path.join(REPO, "configs", "shapes_instant_test.yaml")
-    cfg = get_cfg()
-    retinanet_d2.add_retinanet_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = retinanet_d2.load_config(config, ["MODEL.DEVICE", "cpu"])
     torch.save({"model": well_scaled_model(cfg).state_dict()}, tmp_path / "model.pth")
     rgb = np.random.RandomState(0).randint(0, 256, (128, 160, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "sample.png"), rgb[:, :, ::-1])

@@ -1,16 +1,16 @@
 import inspect
 import math
+import os
 
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 import retinanet_d2
-from helpers import as_detectron2_retinanet, image_with_boxes, tiny_cfg, well_scaled_model
+from helpers import CONFIGS, as_detectron2_retinanet, image_with_boxes, tiny_cfg, well_scaled_model
 from retinanet_d2.modeling.head import FocalRetinaNetHead
 from retinanet_d2.modeling.meta_arch import FocalRetinaNet
 
@@ -53,10 +53,7 @@ def test_head_initialisation():
 
 
 def test_r50_parameter_count_and_detectron2_module_names():
-    cfg = get_cfg()
-    retinanet_d2.add_retinanet_config(cfg)
-    cfg.merge_from_file(f"{__file__.rsplit('/', 2)[0]}/configs/retinanet_R50_FPN_1x.yaml")
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = retinanet_d2.load_config(os.path.join(CONFIGS, "retinanet_R50_FPN_1x.yaml"), ["MODEL.DEVICE", "cpu"])
     ours = build_model(cfg)
     assert sum(p.numel() for p in ours.parameters()) == 37_915_572
     ref_cfg = as_detectron2_retinanet(cfg)

@@ -10,7 +10,6 @@ import sys
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
@@ -65,10 +64,7 @@ def test_unreachable_weights_are_named(tmp_path):
     ids=lambda p: os.path.relpath(p, CONFIGS),
 )
 def test_every_config_builds_and_trains_a_step(path):
-    cfg = get_cfg()
-    retinanet_d2.add_retinanet_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = retinanet_d2.load_config(path, ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
     assert type(model).__name__ == "FocalRetinaNet"
     record = image_with_boxes(height=96, width=128)
@@ -109,10 +105,7 @@ def test_eval_only_with_a_detectron_pickle_gives_the_reference_detections(tmp_pa
     """--eval-only MODEL.WEIGHTS=<Detectron pickle> evaluates the same detections as the
     detectron2 checkpoint it was made from (Detectron has no GroupNorm: frozen BN, plain head)."""
     overrides = ["MODEL.RESNETS.NORM", "FrozenBN", "MODEL.RETINANET.NORM", ""]
-    cfg = get_cfg()
-    retinanet_d2.add_retinanet_config(cfg)
-    cfg.merge_from_file(INSTANT)
-    cfg.merge_from_list(overrides + ["MODEL.DEVICE", "cpu"])
+    cfg = retinanet_d2.load_config(INSTANT, overrides + ["MODEL.DEVICE", "cpu"])
     reference = well_scaled_model(cfg)
     randomize_norms(reference, seed=0)
     torch.save({"model": reference.state_dict()}, tmp_path / "reference.pth")
@@ -139,10 +132,9 @@ def test_training_starts_from_a_detectron_pickle(tmp_path):
     sys.path.insert(0, REPO)
     import train_net
 
-    cfg = get_cfg()
-    retinanet_d2.add_retinanet_config(cfg)
-    cfg.merge_from_file(INSTANT)
-    cfg.merge_from_list(["MODEL.RESNETS.NORM", "FrozenBN", "MODEL.RETINANET.NORM", "", "MODEL.DEVICE", "cpu"])
+    cfg = retinanet_d2.load_config(
+        INSTANT, ["MODEL.RESNETS.NORM", "FrozenBN", "MODEL.RETINANET.NORM", "", "MODEL.DEVICE", "cpu"]
+    )
     reference = well_scaled_model(cfg)
     cfg.MODEL.WEIGHTS = write_pickle({"blobs": detectron_blobs(reference)}, tmp_path / "detectron.pkl")
     cfg.OUTPUT_DIR = str(tmp_path / "train")

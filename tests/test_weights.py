@@ -2,7 +2,6 @@
 initialised reference networks, must reproduce the reference's detections."""
 import logging
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import torch
 from torchvision.models.detection import retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
@@ -30,12 +28,9 @@ HEIGHT, WIDTH = 384, 512
 
 
 def config(path, **overrides):
-    cfg = get_cfg()
-    retinanet_d2.add_retinanet_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, path))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
-    return cfg
+    return retinanet_d2.load_config(
+        os.path.join(CONFIGS, path), ["MODEL.DEVICE", "cpu", *[x for kv in overrides.items() for x in kv]]
+    )
 
 
 def detect(model, image):

@@ -17,7 +17,6 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
 import retinanet_d2  # noqa: E402
@@ -33,10 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
-    cfg = get_cfg()
-    retinanet_d2.add_retinanet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = retinanet_d2.load_config(args.config_file, args.opts)
     cfg.freeze()
 
     predictor = Predictor(cfg)

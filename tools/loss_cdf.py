@@ -8,13 +8,12 @@ examples of a trained model over N training images, for several gamma (PNG + JSO
 import argparse
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 
 import retinanet_d2
 from retinanet_d2.analysis.loss_cdf import FIG4_GAMMAS, collect_logits, normalised_loss_cdfs, plot_cdfs, write_json
+from retinanet_d2.checkpoint import RetinaNetCheckpointer
 from retinanet_d2.weights import resolve_weights
 
 
@@ -27,12 +26,9 @@ def main():
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args()
 
-    cfg = get_cfg()
-    retinanet_d2.add_retinanet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = retinanet_d2.load_config(args.config_file, args.opts)
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(resolve_weights(cfg.MODEL.WEIGHTS))
+    RetinaNetCheckpointer(model).load(resolve_weights(cfg.MODEL.WEIGHTS))
     mapper = DatasetMapper(cfg, is_train=True)
     records = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[: args.images]
     logits, labels = collect_logits(model, ([mapper(r)] for r in records))

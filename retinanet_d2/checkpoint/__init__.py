@@ -1,3 +1,5 @@
 """Loading weights from detectron2, Detectron (Caffe2) and torchvision files; see formats.py."""
 from .checkpointer import RetinaNetCheckpointer
 from .formats import FORMATS, read_weights
+
+__all__ = ["FORMATS", "RetinaNetCheckpointer", "read_weights"]
