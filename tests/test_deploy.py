@@ -18,7 +18,7 @@ from retinanet_d2.checkpoint import RetinaNetCheckpointer
 from retinanet_d2.export import export_onnx, trace
 from retinanet_d2.predict import IMAGE_IDS_FILE, RESULTS_FILE, image_ids
 from test_weights import HEIGHT, WIDTH, assert_same_detection_sets, torchvision_detections
-from weights_files import torchvision_reference
+from weights_files import detectron_blobs, randomize_norms, torchvision_reference, write_pickle
 
 
 def load_tool(name):
@@ -142,3 +142,29 @@ def test_export_tool_writes_a_torchscript_that_matches_the_model(tmp_path):
     with torch.no_grad():
         outputs = torch.jit.load(str(tmp_path / "out" / "model.ts"))(image)
     assert_same(*eager_and_exported(model, adapter, outputs, image), atol=1e-4)
+
+
+def test_predict_with_a_detectron_pickle_gives_the_reference_detections(tmp_path):
+    overrides = ["MODEL.RESNETS.NORM", "FrozenBN", "MODEL.RETINANET.NORM", "", "MODEL.DEVICE", "cpu"]
+    config = os.path.join(REPO, "configs", "shapes_instant_test.yaml")
+    reference = well_scaled_model(retinanet_d2.load_config(config, overrides)).eval()
+    randomize_norms(reference, seed=0)
+    weights = write_pickle({"blobs": detectron_blobs(reference)}, tmp_path / "detectron.pkl")
+    bgr = np.random.RandomState(1).randint(0, 256, (128, 128, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "5.png"), bgr)
+
+    status = load_tool("predict").main([
+        "--config-file", config, "--input", str(tmp_path / "5.png"), "--output", str(tmp_path / "out"),
+        "MODEL.WEIGHTS", weights, *overrides,
+    ])
+
+    assert status == 0
+    results = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())
+    with torch.no_grad():  # the config's input format is BGR, 128 px: no resizing
+        expected = reference([{"image": torch.from_numpy(bgr).permute(2, 0, 1).float()}])[0]["instances"]
+    xywh = torch.tensor([r["bbox"] for r in results])
+    boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+    assert [r["image_id"] for r in results] == [5] * len(expected) and len(expected) > 10
+    torch.testing.assert_close(boxes, expected.pred_boxes.tensor, atol=1e-3, rtol=0)
+    torch.testing.assert_close(torch.tensor([r["score"] for r in results]), expected.scores, atol=1e-5, rtol=0)
+    assert [r["category_id"] for r in results] == expected.pred_classes.tolist()

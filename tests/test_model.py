@@ -1,18 +1,23 @@
+import copy
 import inspect
 import math
 import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 import retinanet_d2
 from helpers import CONFIGS, as_detectron2_retinanet, image_with_boxes, tiny_cfg, well_scaled_model
+from retinanet_d2.modeling.folded_conv import FrozenBNFoldedConv2d
 from retinanet_d2.modeling.head import FocalRetinaNetHead
 from retinanet_d2.modeling.meta_arch import FocalRetinaNet
+from weights_files import randomize_norms
 
 
 def test_fpn_levels_shapes_and_strides():
@@ -29,6 +34,33 @@ def test_fpn_levels_shapes_and_strides():
     assert {k: tuple(v.shape[2:]) for k, v in features.items()} == {
         "p3": (20, 28), "p4": (10, 14), "p5": (5, 7), "p6": (3, 4), "p7": (2, 2)
     }
+
+
+def test_frozen_bn_folded_into_the_convolution():
+    torch.manual_seed(0)
+    conv = Conv2d(8, 16, 3, padding=1, bias=True, norm=FrozenBatchNorm2d(16))
+    randomize_norms(conv, seed=1)
+    reference = copy.deepcopy(conv)
+    conv.__class__ = FrozenBNFoldedConv2d
+    x = torch.randn(2, 8, 12, 10, requires_grad=True)
+    # conv + frozen BN by hand: (conv(x) - mean) / sqrt(var + eps) * gamma + beta
+    bn = reference.norm
+    expected = (F.conv2d(x, reference.weight, reference.bias, padding=1) - bn.running_mean.view(-1, 1, 1)) \
+        / (bn.running_var.view(-1, 1, 1) + bn.eps).sqrt() * bn.weight.view(-1, 1, 1) + bn.bias.view(-1, 1, 1)
+    out = conv(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), [x, conv.weight, conv.bias])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, reference.weight, reference.bias])
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
+    assert set(conv.state_dict()) == set(reference.state_dict())
+
+
+def test_resnet_convs_with_frozen_bn_are_folded():
+    backbone = build_backbone(tiny_cfg())
+    convs = [m for m in backbone.bottom_up.modules() if isinstance(m, Conv2d)]
+    # R18: stem conv + 8 blocks x 2 convs + 3 shortcuts, all with frozen BN
+    assert len(convs) == 20 and all(type(m) is FrozenBNFoldedConv2d for m in convs)
 
 
 def test_p6_from_p5_option():
@@ -63,9 +95,11 @@ def test_r50_parameter_count_and_detectron2_module_names():
 
 @pytest.fixture(scope="module")
 def twins():
-    """FocalRetinaNet and detectron2's RetinaNet with identical weights."""
+    """FocalRetinaNet and detectron2's RetinaNet with identical weights (random frozen-BN statistics,
+    so that our folded frozen BN is compared with detectron2's)."""
     cfg = tiny_cfg()
     ours = well_scaled_model(cfg)
+    randomize_norms(ours, seed=0)
     ref = build_model(as_detectron2_retinanet(cfg))
     ref.load_state_dict(ours.state_dict(), strict=True)
     return ours, ref
@@ -105,8 +139,9 @@ def test_same_detections_as_detectron2(twins):
     for x, y in zip(a, b):
         x, y = x["instances"], y["instances"]
         assert len(x) == len(y) > 10
-        torch.testing.assert_close(x.pred_boxes.tensor, y.pred_boxes.tensor)
-        torch.testing.assert_close(x.scores, y.scores)
+        # float rounding of the folded frozen BN: ~2e-5 relative
+        torch.testing.assert_close(x.pred_boxes.tensor, y.pred_boxes.tensor, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(x.scores, y.scores, rtol=1e-4, atol=1e-6)
         assert torch.equal(x.pred_classes, y.pred_classes)
 
 

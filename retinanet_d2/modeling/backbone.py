@@ -1,5 +1,6 @@
 """ResNet + FPN with the paper's P6/P7 (§4): P3–P5 from C3–C5, P6 = 3x3/2 conv on C5 (or P5),
 P7 = 3x3/2 conv on ReLU(P6). Strides 8, 16, 32, 64, 128; every level has FPN.OUT_CHANNELS channels.
+The ResNet's frozen batch norms are folded into their convolutions (folded_conv.py).
 """
 from typing import List
 
@@ -9,6 +10,8 @@ from torch import Tensor, nn
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, build_resnet_backbone
+
+from .folded_conv import fold_frozen_batchnorm
 
 # Values accepted by MODEL.FOCAL_RETINANET.P6_INPUT.
 P6_INPUTS = ("res5", "p5")
@@ -51,6 +54,7 @@ class P6P7TopBlock(nn.Module):
 def build_focal_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     """ResNet (MODEL.RESNETS, depths 18–152) + FPN on MODEL.FPN.IN_FEATURES + P6/P7 top block."""
     bottom_up = build_resnet_backbone(cfg, input_shape)
+    fold_frozen_batchnorm(bottom_up)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     p6_input = cfg.MODEL.FOCAL_RETINANET.P6_INPUT
     top_in_channels = (

@@ -76,11 +76,19 @@ def _alpha_weight(targets: Tensor, alpha: float) -> Tensor:
     return alpha * targets + (1 - alpha) * (1 - targets)
 
 
+def _log1p(e: Tensor) -> Tensor:
+    """log(1 + e) for e >= 0, as accurate as log1p (Goldberg's trick: log(u) * e / (u - 1) with
+    u = 1 + e, and e where u rounds to 1), from one log: compiled CPU code has a vectorised log
+    but a log1p several times slower."""
+    u = 1 + e
+    return torch.where(u == 1, e, torch.log(u) * (e / (u - 1)))
+
+
 def _sigmoid_parts(x: Tensor):
     """p = sigmoid(x), 1 - p, log p, log(1 - p), each accurate for every finite x, from one exp and
     one log1p of e = exp(-|x|) (BCE-with-logits would round log(1 + e) to 0 for |x| > ~17)."""
     e = torch.exp(-x.abs())
-    log1p_e = torch.log1p(e)
+    log1p_e = _log1p(e)
     inv = 1 / (1 + e)
     positive = x >= 0
     p = torch.where(positive, inv, e * inv)
@@ -211,8 +219,8 @@ def _signed_targets(logits: Tensor, labels: Tensor) -> Tensor:
 
 def _label_focal_loss_sum(logits: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
     y = _signed_targets(logits, labels)
-    x_t = y * logits
-    loss = -torch.sigmoid(-x_t).pow(gamma) * F.logsigmoid(x_t)
+    _, one_minus_p_t, log_p_t, _ = _sigmoid_parts(y * logits)
+    loss = -one_minus_p_t.pow(gamma) * log_p_t
     if alpha >= 0:
         loss = loss * (0.5 + y * (alpha - 0.5))  # alpha_t: alpha if y = 1, 1 - alpha if y = -1
     return (loss * (labels >= 0).to(loss.dtype)[:, None]).sum()
@@ -222,11 +230,9 @@ def _label_focal_loss_grad(
     logits: Tensor, labels: Tensor, grad_output: Tensor, alpha: float, gamma: float
 ) -> Tensor:
     y = _signed_targets(logits, labels)
-    x_t = y * logits
-    p_t = torch.sigmoid(x_t)
-    one_minus_p_t = torch.sigmoid(-x_t)
+    p_t, one_minus_p_t, log_p_t, _ = _sigmoid_parts(y * logits)
     # eq. 10: dFL/dx = y (1 - p_t)^gamma (gamma p_t log(p_t) + p_t - 1)
-    grad = y * one_minus_p_t.pow(gamma) * (gamma * p_t * F.logsigmoid(x_t) - one_minus_p_t)
+    grad = y * one_minus_p_t.pow(gamma) * (gamma * p_t * log_p_t - one_minus_p_t)
     if alpha >= 0:
         grad = grad * (0.5 + y * (alpha - 0.5))
     return grad * (labels >= 0).to(grad.dtype)[:, None] * grad_output
