@@ -78,9 +78,10 @@ class Predictor:
         return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
 
 
-def coco_category_ids(cfg) -> Dict[int, int]:
-    """Contiguous class -> dataset category id, from the metadata of cfg.DATASETS.TEST[0] (identity
-    when it has no such mapping)."""
+def dataset_category_ids(cfg) -> Dict[int, int]:
+    """Contiguous class -> dataset category id, from the metadata of cfg.DATASETS.TEST[0]: COCO's
+    builtin splits have it; datasets registered from a JSON have it only once loaded, so empty
+    (class indices are written) until then."""
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
     mapping = getattr(metadata, "thing_dataset_id_to_contiguous_id", None) or {}
     return {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
@@ -114,7 +115,7 @@ def predict_files(
     if clashes:
         raise ValueError(f"several inputs would be drawn to the same file name: {clashes}")
     os.makedirs(output_dir, exist_ok=True)
-    categories = coco_category_ids(predictor.cfg)
+    categories = dataset_category_ids(predictor.cfg)
     labels = class_names(predictor.cfg)
     results, skipped = [], []
     for path, image_id, name in tqdm(
@@ -135,7 +136,7 @@ def predict_files(
         cv2.imwrite(os.path.join(output_dir, name), drawn[:, :, ::-1])
     with open(os.path.join(output_dir, RESULTS_FILE), "w") as f:
         json.dump(results, f)
-    read = [(i, p) for i, p in zip(image_ids(paths), paths) if p not in dict(skipped)]
+    unreadable = {path for path, _ in skipped}
     with open(os.path.join(output_dir, IMAGE_IDS_FILE), "w") as f:
-        json.dump({str(i): p for i, p in read}, f, indent=1)
+        json.dump({str(i): p for i, p in zip(image_ids(paths), paths) if p not in unreadable}, f, indent=1)
     return results, skipped

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torchvision.models.detection import retinanet_resnet50_fpn
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 import retinanet_d2
@@ -150,6 +151,7 @@ def test_predict_with_a_detectron_pickle_gives_the_reference_detections(tmp_path
     reference = well_scaled_model(retinanet_d2.load_config(config, overrides)).eval()
     randomize_norms(reference, seed=0)
     weights = write_pickle({"blobs": detectron_blobs(reference)}, tmp_path / "detectron.pkl")
+    DatasetCatalog.get("shapes_tiny_val")  # loads its JSON (and the category-id mapping)
     bgr = np.random.RandomState(1).randint(0, 256, (128, 128, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "5.png"), bgr)
 
@@ -167,4 +169,7 @@ def test_predict_with_a_detectron_pickle_gives_the_reference_detections(tmp_path
     assert [r["image_id"] for r in results] == [5] * len(expected) and len(expected) > 10
     torch.testing.assert_close(boxes, expected.pred_boxes.tensor, atol=1e-3, rtol=0)
     torch.testing.assert_close(torch.tensor([r["score"] for r in results]), expected.scores, atol=1e-5, rtol=0)
-    assert [r["category_id"] for r in results] == expected.pred_classes.tolist()
+    # loaded, the test split's metadata maps classes to its JSON's category ids (sorted, as detectron2 does)
+    with open(MetadataCatalog.get("shapes_tiny_val").json_file) as f:
+        category_ids = sorted(c["id"] for c in json.load(f)["categories"])
+    assert [r["category_id"] for r in results] == [category_ids[c] for c in expected.pred_classes.tolist()]

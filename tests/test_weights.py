@@ -148,6 +148,15 @@ def test_torchvision_state_dict_reproduces_torchvision(version, tmp_path):
     )
 
 
+def test_torchvision_reference_script_checkpoints_load_too(tmp_path):
+    reference, path = torchvision_file("v1", tmp_path)
+    wrapped = str(tmp_path / "checkpoint.pth")
+    torch.save({"model": reference.state_dict(), "epoch": 25}, wrapped)  # torchvision's train.py
+    direct, from_wrapped = read_weights(path)["model"], read_weights(wrapped)["model"]
+    assert set(direct) == set(from_wrapped)
+    assert all(torch.equal(direct[k], from_wrapped[k]) for k in direct)
+
+
 def test_converted_file_loads_in_stock_detectron2(tmp_path):
     reference, path = torchvision_file("v1", tmp_path)
     cfg = config("torchvision/retinanet_resnet50_fpn.yaml")

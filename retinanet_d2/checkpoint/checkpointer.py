@@ -26,6 +26,8 @@ class RetinaNetCheckpointer(DetectionCheckpointer):
     file, when no tensor matches the model or any layer other than the class-dependent predictor
     has another shape. Saving is detectron2's."""
 
+    _weights_path = "the checkpoint"  # the file being loaded, for error messages
+
     def _load_file(self, filename: str):
         self._weights_path = filename
         return read_weights(filename)

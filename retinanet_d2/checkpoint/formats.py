@@ -1,12 +1,13 @@
 """Reading a weights file and recognising its format from its contents, not its name.
 
-Formats (the value of ``FORMATS``' keys is what ``describe`` and the logs call them):
+Formats (``FORMATS``, named as the logs name them):
 - "detectron2": a model-zoo pickle ``{"model": ..., "__author__": ...}``, a training checkpoint
   ``{"model": ..., "optimizer": ..., "iteration": ...}`` or a bare state dict with detectron2 names.
 - "detectron": a Detectron (Caffe2) RetinaNet pickle ``{"blobs": {"retnet_...": ...}}``.
 - "caffe2": other Caffe2 weights (ImageNet backbones such as R-50.pkl, Detectron models of other
   heads); loaded by detectron2's own name-matching heuristics, as detectron2 does.
-- "torchvision": a ``retinanet_resnet50_fpn`` or ``_v2`` state dict.
+- "torchvision": a ``retinanet_resnet50_fpn`` or ``_v2`` state dict, bare (torchvision's released
+  files) or as ``{"model": ...}`` (checkpoints of torchvision's reference training scripts).
 """
 import logging
 import pickle
@@ -71,16 +72,21 @@ def describe(obj: Any, limit: int = 5) -> str:
     return "a dict {" + ", ".join(items) + more + "}"
 
 
+def _model_state(obj: Dict) -> Dict:
+    """The state dict inside a checkpoint ``{"model": ...}``, or ``obj`` itself."""
+    return obj["model"] if isinstance(obj.get("model"), dict) else obj
+
+
 def detect_format(obj: Any) -> str:
     """One of FORMATS for the object read from a weights file; ValueError if none fits."""
     if isinstance(obj, dict):
+        if is_torchvision_retinanet(_model_state(obj)):
+            return "torchvision"
         if isinstance(obj.get("model"), dict):
             return "detectron2"
         if isinstance(obj.get("blobs"), dict):
             return "detectron" if is_detectron_retinanet(obj["blobs"]) else "caffe2"
         if _is_state_dict(obj):
-            if is_torchvision_retinanet(obj):
-                return "torchvision"
             if all("." not in k for k in obj):  # Caffe2 blob names have no dots
                 return "caffe2"
             return "detectron2"
@@ -100,7 +106,8 @@ def to_detectron2_checkpoint(obj: Any, fmt: str) -> Dict[str, Any]:
         return {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
     if fmt == "detectron":
         return {"model": convert_detectron_retinanet(obj["blobs"]), "__author__": "Detectron"}
-    return {"model": convert_torchvision_retinanet(obj), "__author__": f"torchvision {torchvision_version(obj)}"}
+    state = _model_state(obj)
+    return {"model": convert_torchvision_retinanet(state), "__author__": f"torchvision {torchvision_version(state)}"}
 
 
 def read_weights(path: str) -> Dict[str, Any]:
