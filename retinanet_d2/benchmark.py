@@ -15,12 +15,11 @@ from typing import Callable, Dict, Iterator, List
 
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from .config import add_retinanet_config
+from .config import load_config
 from .modeling.anchors import octave_anchor_sizes
 from .modeling.losses import focal_loss_from_labels, sigmoid_focal_loss
 from .modeling.meta_arch import flatten_levels
@@ -30,12 +29,9 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 def benchmark_configs(device: str, num_classes: int = 80):
     """(ours, detectron2's) configs: R50-FPN RetinaNet, the paper's anchors, no weights file."""
-    cfg = get_cfg()
-    add_retinanet_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.DEVICE = device
-    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    cfg = load_config(
+        CONFIG, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device, "MODEL.RETINANET.NUM_CLASSES", num_classes]
+    )
     return cfg, detectron2_retinanet_cfg(cfg)
 
 

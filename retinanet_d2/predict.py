@@ -70,11 +70,15 @@ class Predictor:
         RetinaNetCheckpointer(self.model).load(resolve_weights(cfg.MODEL.WEIGHTS))
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
 
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) image -> (3, H', W') float tensor resized as at test time (the model's input)."""
+        resized = self.resize.get_transform(image).apply_image(image)
+        return torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> Instances:
         height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+        tensor = self.preprocess(image)
         return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
 
 
@@ -117,10 +121,9 @@ def predict_files(
     os.makedirs(output_dir, exist_ok=True)
     categories = dataset_category_ids(predictor.cfg)
     labels = class_names(predictor.cfg)
+    ids = image_ids(paths)
     results, skipped = [], []
-    for path, image_id, name in tqdm(
-        list(zip(paths, image_ids(paths), names)), desc="images", disable=len(paths) < 2
-    ):
+    for path, image_id, name in tqdm(list(zip(paths, ids, names)), desc="images", disable=len(paths) < 2):
         try:
             image = read_image(path, format=predictor.cfg.INPUT.FORMAT)
         except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, ... on bad files
@@ -138,5 +141,5 @@ def predict_files(
         json.dump(results, f)
     unreadable = {path for path, _ in skipped}
     with open(os.path.join(output_dir, IMAGE_IDS_FILE), "w") as f:
-        json.dump({str(i): p for i, p in zip(image_ids(paths), paths) if p not in unreadable}, f, indent=1)
+        json.dump({str(i): p for i, p in zip(ids, paths) if p not in unreadable}, f, indent=1)
     return results, skipped

@@ -5,7 +5,6 @@ import os
 import torch
 from torch import nn
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
@@ -18,9 +17,7 @@ CONFIGS = os.path.join(REPO, "configs")
 
 def tiny_cfg(**overrides):
     """Base-RetinaNet.yaml with R18, FPN 32, 1 conv per tower, 5 classes, on CPU."""
-    cfg = get_cfg()
-    retinanet_d2.add_retinanet_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, "Base-RetinaNet.yaml"))
+    cfg = retinanet_d2.load_config(os.path.join(CONFIGS, "Base-RetinaNet.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.PIXEL_STD = [57.375, 57.120, 58.395]

@@ -14,8 +14,6 @@ import argparse
 import os
 import sys
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
@@ -37,8 +35,7 @@ def main(argv=None) -> int:
 
     predictor = Predictor(cfg)
     image = read_image(args.sample_image, format=cfg.INPUT.FORMAT)
-    resized = predictor.resize.get_transform(image).apply_image(image)
-    tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1), device=cfg.MODEL.DEVICE)
+    tensor = predictor.preprocess(image).to(cfg.MODEL.DEVICE)
     traced, adapter = trace(predictor.model, tensor)
     os.makedirs(args.output, exist_ok=True)
     traced.save(os.path.join(args.output, "model.ts"))

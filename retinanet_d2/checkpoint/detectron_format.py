@@ -32,26 +32,34 @@ def is_detectron_retinanet(blobs: Dict) -> bool:
     return any(name.startswith("retnet_") for name in blobs)
 
 
+def without_optimizer_state(blobs: Dict) -> Dict:
+    """``blobs`` without the optimiser's ``*_momentum`` blobs."""
+    return {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+
+
 def convert_detectron_retinanet(blobs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Detectron RetinaNet blobs -> FocalRetinaNet state dict (numpy arrays).
 
-    Raises ValueError naming any blob it has no rule for.
+    Raises ValueError naming any blob it has no rule for, or head blobs at several FPN levels
+    (Detectron stores the head once, at the lowest level, and shares it).
     """
-    blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
-    converted, backbone = {}, {}
-    for name, value in blobs.items():
+    converted, backbone, head_levels = {}, {}, set()
+    for name, value in without_optimizer_state(blobs).items():
         head_conv, head_pred, top = _HEAD_CONV.match(name), _HEAD_PRED.match(name), _TOP_BLOCK.match(name)
         if head_conv:
-            branch, index, _level, param = head_conv.groups()
+            branch, index, level, param = head_conv.groups()
             converted[f"head.{branch}_subnet.{2 * int(index)}.{_PARAM[param]}"] = value
+            head_levels.add(level)
         elif head_pred:
-            branch, _level, param = head_pred.groups()
+            branch, level, param = head_pred.groups()
             converted[f"head.{'cls_score' if branch == 'cls' else 'bbox_pred'}.{_PARAM[param]}"] = value
+            head_levels.add(level)
         elif top:
             converted[f"backbone.top_block.p{top.group(1)}.{_PARAM[top.group(2)]}"] = value
         else:
             backbone[name] = value
-    _check_shared_levels(blobs)
+    if len(head_levels) > 1:
+        raise ValueError(f"Detectron head blobs at several FPN levels {sorted(head_levels)}; expected one")
     renamed, original = convert_c2_detectron_names(backbone)
     for name, value in renamed.items():
         if name.startswith(("fpn_lateral", "fpn_output")):
@@ -63,14 +71,6 @@ def convert_detectron_retinanet(blobs: Dict[str, np.ndarray]) -> Dict[str, np.nd
     _add_affine_running_stats(converted)
     _reorder_predictors(converted)
     return converted
-
-
-def _check_shared_levels(blobs: Dict) -> None:
-    """The head's convs must be stored at one level only (Detectron shares them across levels)."""
-    levels = {int(m.group(3)) for m in map(_HEAD_CONV.match, blobs) if m}
-    levels |= {int(m.group(2)) for m in map(_HEAD_PRED.match, blobs) if m}
-    if len(levels) > 1:
-        raise ValueError(f"Detectron head blobs at several FPN levels {sorted(levels)}; expected one")
 
 
 def _add_affine_running_stats(state: Dict[str, np.ndarray]) -> None:

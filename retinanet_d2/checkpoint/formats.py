@@ -17,7 +17,11 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from .detectron_format import convert_detectron_retinanet, is_detectron_retinanet
+from .detectron_format import (
+    convert_detectron_retinanet,
+    is_detectron_retinanet,
+    without_optimizer_state,
+)
 from .torchvision_format import (
     convert_torchvision_retinanet,
     is_torchvision_retinanet,
@@ -102,7 +106,7 @@ def to_detectron2_checkpoint(obj: Any, fmt: str) -> Dict[str, Any]:
     if fmt == "detectron2":
         return obj if "model" in obj else {"model": obj}
     if fmt == "caffe2":
-        blobs = {k: v for k, v in obj.get("blobs", obj).items() if not k.endswith("_momentum")}
+        blobs = without_optimizer_state(obj.get("blobs", obj))
         return {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
     if fmt == "detectron":
         return {"model": convert_detectron_retinanet(obj["blobs"]), "__author__": "Detectron"}
