@@ -43,6 +43,9 @@ def add_retinanet_config(cfg: CN) -> CN:
     # Largest number of ground-truth boxes whose IoU with all anchors is computed at once; bounds
     # the memory of anchor assignment on images with thousands of boxes.
     node.MATCHER_CHUNK_BOXES = 256
+    # Score threshold of each level of MODEL.RETINANET.IN_FEATURES at test time; empty: the one
+    # MODEL.RETINANET.SCORE_THRESH_TEST on every level. Detectron takes 0.0 on its last level.
+    node.LEVEL_SCORE_THRESH_TEST = []
     # Clip decoded boxes to the image before NMS (torchvision and Detectron do; detectron2 clips
     # only the final detections).
     node.CLIP_BOXES_BEFORE_NMS = False

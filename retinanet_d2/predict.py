@@ -21,9 +21,8 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-from .checkpoint import RetinaNetCheckpointer
+from .checkpoint import load_model_weights
 from .visualize import draw_detections
-from .weights import resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class Predictor:
     def __init__(self, cfg):
         self.cfg = cfg
         self.model = build_model(cfg).eval()
-        RetinaNetCheckpointer(self.model).load(resolve_weights(cfg.MODEL.WEIGHTS))
+        load_model_weights(self.model, cfg.MODEL.WEIGHTS)
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:

@@ -14,7 +14,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import retinanet_d2
-from helpers import CONFIGS, REPO, image_with_boxes, well_scaled_model
+from helpers import CONFIGS, REPO, as_detectron2_retinanet, image_with_boxes, well_scaled_model
 from weights_files import detectron_blobs, randomize_norms, write_pickle
 
 INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
@@ -125,6 +125,39 @@ def test_eval_only_with_a_detectron_pickle_gives_the_reference_detections(tmp_pa
     for (image, category, box, score), (ref_image, ref_category, ref_box, ref_score) in zip(detectron_results, reference_results):
         assert (image, category) == (ref_image, ref_category)
         assert box == pytest.approx(ref_box, abs=1e-2) and score == pytest.approx(ref_score, abs=1e-5)
+
+
+def test_eval_only_with_a_detectron2_zoo_pickle_gives_detectron2s_own_detections(tmp_path):
+    """--eval-only MODEL.WEIGHTS=<detectron2 model-zoo pickle of detectron2's own RetinaNet> writes
+    the detections that detectron2's RetinaNet makes on the same test images."""
+    from detectron2.data import MetadataCatalog, build_detection_test_loader
+    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+    from test_source_references import matched_fraction
+
+    overrides = ["MODEL.RETINANET.NORM", ""]  # detectron2 0.6's RetinaNetHead cannot build its GN
+    cfg = retinanet_d2.load_config(INSTANT, overrides + ["MODEL.DEVICE", "cpu"])
+    ref_cfg = as_detectron2_retinanet(cfg)
+    reference = well_scaled_model(ref_cfg).eval()
+    randomize_norms(reference, seed=0)
+    arrays = {k: v.numpy() for k, v in reference.state_dict().items()}
+    zoo = write_pickle({"model": arrays, "__author__": "detectron2 model zoo (test)"}, tmp_path / "model_final.pkl")
+    run_train_net("--config-file", INSTANT, "--eval-only", "MODEL.WEIGHTS", zoo, "OUTPUT_DIR", str(tmp_path), *overrides)
+    with open(tmp_path / "inference" / "coco_instances_results.json") as f:
+        ours = json.load(f)
+    expected = []
+    with torch.no_grad():
+        for inputs in build_detection_test_loader(ref_cfg, cfg.DATASETS.TEST[0]):
+            expected += instances_to_coco_json(reference(inputs)[0]["instances"], inputs[0]["image_id"])
+    assert len(ours) == len(expected) > 100
+    # The evaluator writes dataset category ids, detectron2's instances_to_coco_json contiguous ones.
+    contiguous = MetadataCatalog.get(cfg.DATASETS.TEST[0]).thing_dataset_id_to_contiguous_id
+    for image_id in {r["image_id"] for r in expected}:
+        def columns(results):
+            rows = sorted((r for r in results if r["image_id"] == image_id), key=lambda r: -r["score"])
+            return ([r["bbox"] for r in rows], [r["score"] for r in rows], [r["category_id"] for r in rows])
+        ref_boxes, ref_scores, ref_ids = columns(expected)
+        boxes, scores, ids = columns(ours)
+        assert matched_fraction((boxes, scores, [contiguous[i] for i in ids]), (ref_boxes, ref_scores, ref_ids)) >= 0.99
 
 
 def test_training_starts_from_a_detectron_pickle(tmp_path):

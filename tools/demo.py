@@ -9,13 +9,12 @@ import os
 import sys
 
 import cv2
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_net  # noqa: E402  (the repository's train_net.py)
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
+from retinanet_d2.predict import Predictor  # noqa: E402
 from retinanet_d2.visualize import draw_detections, tile  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,18 +32,16 @@ def main():
     )
     train_net.main(train_args)  # trains, then evaluates the test split (COCOEvaluator)
 
-    cfg = train_net.setup(train_args)
-    model = train_net.Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
-    model.eval()
+    cfg = train_net.setup(train_args).clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    predictor = Predictor(cfg)  # resizes as the evaluation does (INPUT.MIN_SIZE_TEST)
     dataset = cfg.DATASETS.TEST[0]
     class_names = MetadataCatalog.get(dataset).thing_classes
     drawn = []
     for record in DatasetCatalog.get(dataset)[: args.images]:
         image = cv2.imread(record["file_name"])
-        tensor = torch.as_tensor(image.transpose(2, 0, 1).copy(), dtype=torch.float32)
-        with torch.no_grad():
-            instances = model([{"image": tensor}])[0]["instances"]
+        instances = predictor(image)
         drawn.append(draw_detections(image, instances, class_names))
     output = os.path.join(cfg.OUTPUT_DIR, "detections.png")
     cv2.imwrite(output, tile(drawn, columns=4)[:, :, ::-1])

@@ -13,8 +13,7 @@ from detectron2.modeling import build_model
 
 import retinanet_d2
 from retinanet_d2.analysis.loss_cdf import FIG4_GAMMAS, collect_logits, normalised_loss_cdfs, plot_cdfs, write_json
-from retinanet_d2.checkpoint import RetinaNetCheckpointer
-from retinanet_d2.weights import resolve_weights
+from retinanet_d2.checkpoint import load_model_weights
 
 
 def main():
@@ -28,7 +27,7 @@ def main():
 
     cfg = retinanet_d2.load_config(args.config_file, args.opts)
     model = build_model(cfg)
-    RetinaNetCheckpointer(model).load(resolve_weights(cfg.MODEL.WEIGHTS))
+    load_model_weights(model, cfg.MODEL.WEIGHTS)
     mapper = DatasetMapper(cfg, is_train=True)
     records = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[: args.images]
     logits, labels = collect_logits(model, ([mapper(r)] for r in records))

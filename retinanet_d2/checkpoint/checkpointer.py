@@ -4,6 +4,7 @@ from typing import Dict, List, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..weights import resolve_weights
 from .formats import read_weights
 
 # Parameters whose shape depends on the number of classes: a mismatch there is fine-tuning to
@@ -52,3 +53,10 @@ class RetinaNetCheckpointer(DetectionCheckpointer):
                 f"MODEL.WEIGHTS={path} does not fit the model built from the config "
                 f"({len(wrong)} layers differ; is the config the one for these weights?):\n{lines}"
             )
+
+
+def load_model_weights(model, weights: str) -> None:
+    """Load MODEL.WEIGHTS ``weights`` (a path or URL, any format RetinaNetCheckpointer reads) into
+    ``model``; the one way every tool loads weights. FileNotFoundError naming the file if it
+    cannot be had, ValueError if it is refused or does not fit."""
+    RetinaNetCheckpointer(model).load(resolve_weights(weights))

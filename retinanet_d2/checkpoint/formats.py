@@ -22,6 +22,7 @@ from .detectron_format import (
     is_detectron_retinanet,
     without_optimizer_state,
 )
+from .safe_pickle import ForbiddenGlobalError, load_weights_pickle
 from .torchvision_format import (
     convert_torchvision_retinanet,
     is_torchvision_retinanet,
@@ -34,15 +35,19 @@ FORMATS = ("detectron2", "detectron", "caffe2", "torchvision")
 
 
 def read_file(path: str) -> Any:
-    """The object stored in ``path``: a torch.save archive (zip or legacy) or a pickle.
+    """The object stored in ``path``: a torch.save archive (zip or legacy) or a pickle, read
+    without running code from it (torch's ``weights_only`` loader; WeightsUnpickler for pickles).
 
-    Raises ValueError if it is neither.
+    Raises ValueError if it is neither, or if it needs a global that weights never need (the
+    error names it; nothing of the file was called).
     """
     if zipfile.is_zipfile(path):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _torch_load(path)
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+            obj = load_weights_pickle(f)
+    except ForbiddenGlobalError as error:
+        raise ValueError(f"refused: {error}") from error
     except Exception as error:  # pickle raises many types on foreign bytes
         with open(path, "rb") as f:
             head = f.read(16)
@@ -51,8 +56,21 @@ def read_file(path: str) -> Any:
             f"its first bytes are {head!r}"
         ) from error
     if isinstance(obj, int):  # torch.save's legacy format starts with a pickled magic number
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _torch_load(path)
     return obj
+
+
+def _torch_load(path: str) -> Any:
+    """torch.load with ``weights_only=True``: tensors, containers and primitive types only."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if "global" in line.lower()), lines[0] if lines else "")
+        raise ValueError(
+            f"refused: torch's weights-only loader will not load it, since it needs more than "
+            f"tensors and containers (a file that does may run code when loaded): {detail}"
+        ) from error
 
 
 def _is_state_dict(obj: Any) -> bool:

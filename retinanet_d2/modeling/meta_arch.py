@@ -7,7 +7,7 @@ foreground anchors of the whole batch (all-reduced over processes, §3/§4). The
 scores > SCORE_THRESH_TEST, top TOPK_CANDIDATES_TEST, decode; then per-class NMS and at most
 DETECTIONS_PER_IMAGE detections.
 """
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -93,7 +93,7 @@ class FocalRetinaNet(DenseDetector):
         ohem_nms_thresh: float = 0.7,
         box_reg_loss_type: str = "smooth_l1",
         smooth_l1_beta: float = 0.0,
-        test_score_thresh: float = 0.05,
+        test_score_thresh: Union[float, Sequence[float]] = 0.05,
         test_topk_candidates: int = 1000,
         test_nms_thresh: float = 0.5,
         max_detections_per_image: int = 100,
@@ -121,7 +121,8 @@ class FocalRetinaNet(DenseDetector):
             ohem_nms_thresh: OHEM's NMS threshold over anchors.
             box_reg_loss_type: "smooth_l1" (beta 0 is L1) or "giou".
             smooth_l1_beta: smooth L1's beta.
-            test_score_thresh: candidates need a score above this.
+            test_score_thresh: candidates need a score above this; one value for every level, or
+                one per level of head_in_features (Detectron: 0.0 on its last level).
             test_topk_candidates: candidates kept per level.
             test_nms_thresh: per-class NMS IoU threshold.
             max_detections_per_image: detections kept per image.
@@ -166,7 +167,14 @@ class FocalRetinaNet(DenseDetector):
         self.ohem_nms_thresh = ohem_nms_thresh
         self.box_reg_loss_type = box_reg_loss_type
         self.smooth_l1_beta = smooth_l1_beta
-        self.test_score_thresh = test_score_thresh
+        if isinstance(test_score_thresh, (int, float)):
+            test_score_thresh = [float(test_score_thresh)] * len(head_in_features)
+        if len(test_score_thresh) != len(head_in_features):
+            raise ValueError(
+                f"MODEL.FOCAL_RETINANET.LEVEL_SCORE_THRESH_TEST needs one threshold per level of "
+                f"{list(head_in_features)}, got {list(test_score_thresh)}"
+            )
+        self.test_score_thresh = [float(t) for t in test_score_thresh]
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
@@ -205,7 +213,9 @@ class FocalRetinaNet(DenseDetector):
             "ohem_nms_thresh": node.OHEM_NMS_THRESH,
             "box_reg_loss_type": cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE,
             "smooth_l1_beta": cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA,
-            "test_score_thresh": cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
+            "test_score_thresh": (
+                list(node.LEVEL_SCORE_THRESH_TEST) or cfg.MODEL.RETINANET.SCORE_THRESH_TEST
+            ),
             "test_topk_candidates": cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
@@ -352,9 +362,11 @@ class FocalRetinaNet(DenseDetector):
         """
         num_classes = self.num_classes
         kept_scores, kept_classes, kept_anchors, kept_deltas = [], [], [], []
-        for level_anchors, level_scores, level_deltas in zip(anchors, scores, deltas):
+        for level_anchors, level_scores, level_deltas, thresh in zip(
+            anchors, scores, deltas, self.test_score_thresh
+        ):
             level_scores = level_scores.reshape(-1)
-            candidates = torch.nonzero(level_scores > self.test_score_thresh).squeeze(1)
+            candidates = torch.nonzero(level_scores > thresh).squeeze(1)
             top = level_scores[candidates].topk(topk_count(candidates, self.test_topk_candidates))
             flat_idxs = candidates[top.indices]
             anchor_idxs = flat_idxs // num_classes
