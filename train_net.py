@@ -12,6 +12,7 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import COCOEvaluator
 
 import retinanet_d2
+from retinanet_d2.amp import MixedPrecisionTrainer, amp_dtype, device_type, inference_autocast
 from retinanet_d2.checkpoint import RetinaNetCheckpointer
 from retinanet_d2.compat import default_trainer_saves_optimizer, replace_train_loader
 from retinanet_d2.data import check_dataset_files, check_num_classes
@@ -23,10 +24,16 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with COCOEvaluator, clear errors for missing or mismatched datasets,
     MODEL.WEIGHTS in any format RetinaNetCheckpointer reads, and exact resumption: the optimizer
     state is checkpointed (detectron2 0.6 does not) and the train loader continues where the
-    checkpointed run stopped."""
+    checkpointed run stopped; SOLVER.AMP.ENABLED trains in mixed precision on CUDA and CPU alike
+    (retinanet_d2/amp.py)."""
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED:  # CPU (bfloat16) too, and float16 or bfloat16 on CUDA
+            amp = self._trainer
+            self._trainer = MixedPrecisionTrainer(
+                amp.model, amp.data_loader, amp.optimizer, device_type=device_type(cfg), dtype=amp_dtype(cfg)
+            )
         # Loads detectron2, Detectron and torchvision files; saves as detectron2's does (the
         # PeriodicCheckpointer hook keeps detectron2's checkpointer, which saves the same state).
         self.checkpointer = RetinaNetCheckpointer(
@@ -37,6 +44,11 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        with inference_autocast(cfg):  # MODEL.FOCAL_RETINANET.TEST_AMP
+            return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter=0):

@@ -2,14 +2,14 @@
 
 Keys detectron2 already has (``MODEL.RETINANET.*``, ``MODEL.ANCHOR_GENERATOR.*``, ``MODEL.FPN.*``,
 ``SOLVER.*``, ``TEST.DETECTIONS_PER_IMAGE``) keep their meaning; only what detectron2 lacks lives here.
+``DEFAULTS`` (detectron2's defaults plus this node) is the one source of every default: the modules'
+keyword defaults read it, and ``retinanet_node`` gives its node to configs that lack it (a plain
+detectron2 ``get_cfg()`` that only names ``FocalRetinaNet``).
 """
 from typing import Sequence
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
-
-# Values accepted by MODEL.FOCAL_RETINANET.LOSS.
-LOSS_NAMES = ("focal", "focal_star", "ohem")
 
 
 def add_retinanet_config(cfg: CN) -> CN:
@@ -17,7 +17,7 @@ def add_retinanet_config(cfg: CN) -> CN:
     if "FOCAL_RETINANET" in cfg.MODEL:
         return cfg
     node = cfg.MODEL.FOCAL_RETINANET = CN()
-    # Classification loss: "focal" (FL, alpha/gamma from MODEL.RETINANET.FOCAL_LOSS_*; gamma 0 is
+    # Classification loss (modeling/dense_losses.py): "focal" (FL, alpha/gamma from MODEL.RETINANET.FOCAL_LOSS_*; gamma 0 is
     # alpha-balanced CE), "focal_star" (FL*, paper Appendix A, with STAR_GAMMA / STAR_BETA) or
     # "ohem" (Table 1(d): the FL of FOCAL_LOSS_* -- plain CE with alpha -1, gamma 0 -- on the
     # OHEM-selected anchors only, normalised by their number).
@@ -49,7 +49,22 @@ def add_retinanet_config(cfg: CN) -> CN:
     # Clip decoded boxes to the image before NMS (torchvision and Detectron do; detectron2 clips
     # only the final detections).
     node.CLIP_BOXES_BEFORE_NMS = False
+    # Mixed precision: the autocast dtype of SOLVER.AMP.ENABLED training and of TEST_AMP inference,
+    # "float16" or "bfloat16"; "" picks float16 on CUDA (detectron2's AMP) and bfloat16 on CPU.
+    node.AMP_DTYPE = ""
+    # Run inference (--eval-only, tools/predict.py) under autocast in AMP_DTYPE; detections stay
+    # float32 (scores and boxes are computed from upcast predictions).
+    node.TEST_AMP = False
     return cfg
+
+
+DEFAULTS = add_retinanet_config(get_cfg())
+DEFAULTS.freeze()
+
+
+def retinanet_node(cfg: CN) -> CN:
+    """``cfg.MODEL.FOCAL_RETINANET``, or the default node where ``cfg`` has none."""
+    return cfg.MODEL.FOCAL_RETINANET if "FOCAL_RETINANET" in cfg.MODEL else DEFAULTS.MODEL.FOCAL_RETINANET
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:

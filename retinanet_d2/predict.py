@@ -21,6 +21,7 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
+from .amp import inference_autocast
 from .checkpoint import load_model_weights
 from .visualize import draw_detections
 
@@ -78,7 +79,8 @@ class Predictor:
     def __call__(self, image: np.ndarray) -> Instances:
         height, width = image.shape[:2]
         tensor = self.preprocess(image)
-        return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
+        with inference_autocast(self.cfg):
+            return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
 
 
 def dataset_category_ids(cfg) -> Dict[int, int]:

@@ -24,7 +24,7 @@ def test_paper_anchors_cover_32_to_813_pixels():
 def test_generator_equals_detectron2_default_generator():
     ratios = [[0.5, 1.0, 2.0]]
     ours = OctaveAnchorGenerator(strides=STRIDES, aspect_ratios=ratios)
-    ref = DefaultAnchorGenerator(sizes=PAPER_SIZES, aspect_ratios=ratios, strides=STRIDES, offset=0.5)
+    ref = DefaultAnchorGenerator(sizes=PAPER_SIZES, aspect_ratios=ratios, strides=STRIDES, offset=0.0)  # the config default
     features = [torch.zeros(1, 1, 96 // s + 1, 128 // s + 1) for s in STRIDES]
     for a, b in zip(ours(features), ref(features)):
         assert torch.equal(a.tensor, b.tensor)
@@ -36,7 +36,7 @@ def test_hand_computed_cell_anchors_on_p3():
     anchors = gen([torch.zeros(1, 1, 1, 2)])[0].tensor
     # one 32x32 anchor centred at (0, 0) and one at (8, 0)
     assert anchors.tolist() == [[-16.0, -16.0, 16.0, 16.0], [-8.0, -16.0, 24.0, 16.0]]
-    tall = OctaveAnchorGenerator(strides=[8], aspect_ratios=[[2.0]], scales_per_octave=1)
+    tall = OctaveAnchorGenerator(strides=[8], aspect_ratios=[[2.0]], scales_per_octave=1, offset=0.5)
     w, h = 32 / 2**0.5, 32 * 2**0.5  # ratio = h / w = 2, area 32^2
     expected = torch.tensor([[4 - w / 2, 4 - h / 2, 4 + w / 2, 4 + h / 2]])
     torch.testing.assert_close(tall([torch.zeros(1, 1, 1, 1)])[0].tensor, expected)

@@ -14,6 +14,9 @@ from detectron2.utils.events import EventStorage
 
 import retinanet_d2
 from helpers import CONFIGS, as_detectron2_retinanet, image_with_boxes, tiny_cfg, well_scaled_model
+from retinanet_d2.modeling.anchors import OctaveAnchorGenerator
+from retinanet_d2.modeling.backbone import P6P7TopBlock
+from retinanet_d2.modeling.dense_losses import FocalLoss, FocalLossStar, OhemLoss
 from retinanet_d2.modeling.folded_conv import FrozenBNFoldedConv2d
 from retinanet_d2.modeling.head import FocalRetinaNetHead
 from retinanet_d2.modeling.meta_arch import FocalRetinaNet
@@ -111,10 +114,7 @@ def test_same_losses_and_gradients_as_detectron2_under_the_same_normaliser(twins
     ours.train(), ref.train()
     with EventStorage():
         losses = ours(batch)
-        images = ours.preprocess_image(batch)
-        features = ours.backbone(images.tensor)
-        anchors = Boxes.cat(ours.anchor_generator([features[f] for f in ours.head_in_features]))
-        labels, _ = ours.label_anchors(anchors, [b["instances"] for b in batch])
+        labels = ours.dense_outputs(batch).labels
         num_foreground = float(((labels >= 0) & (labels < 5)).sum())
         ref.loss_normalizer = num_foreground  # detectron2's EMA then stays at this value
         ref_losses = ref(batch)
@@ -145,17 +145,47 @@ def test_same_detections_as_detectron2(twins):
         assert torch.equal(x.pred_classes, y.pred_classes)
 
 
+def _assert_config_gives_the_defaults(cls, from_cfg, skip=()):
+    """Every keyword default of ``cls`` equals what from_config reads from the Base config."""
+    checked = 0
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if param.default is inspect.Parameter.empty or name not in from_cfg or name in skip:
+            continue
+        value = from_cfg[name]
+        if isinstance(value, (list, tuple)) and not isinstance(param.default, (list, tuple)):
+            assert set(value) == {param.default}, (cls.__name__, name)  # per-level copies
+        else:
+            assert (tuple(value) if isinstance(value, list) else value) == param.default, (cls.__name__, name)
+        checked += 1
+    assert checked > 0, cls.__name__
+
+
 def test_config_defaults_equal_constructor_defaults():
+    """One source per default: every @configurable of the project built from the Base config gets
+    its keyword defaults (losses of each family included)."""
     cfg = tiny_cfg()
+    shapes = list(build_backbone(cfg).output_shape().values())
     from_cfg = FocalRetinaNet.from_config(cfg)
-    for name, param in inspect.signature(FocalRetinaNet.__init__).parameters.items():
-        if param.default is not inspect.Parameter.empty and name in from_cfg:
-            value = from_cfg[name]
-            assert (tuple(value) if isinstance(value, list) else value) == param.default, name
-    head_cfg = FocalRetinaNetHead.from_config(cfg, list(build_backbone(cfg).output_shape().values()))
-    for name, param in inspect.signature(FocalRetinaNetHead.__init__).parameters.items():
-        if param.default is not inspect.Parameter.empty:
-            assert head_cfg[name] == param.default, name
+    _assert_config_gives_the_defaults(FocalRetinaNet, from_cfg, skip=("classification_loss",))
+    default_loss = FocalLoss(alpha=from_cfg["focal_loss_alpha"], gamma=from_cfg["focal_loss_gamma"])
+    assert (type(from_cfg["classification_loss"]), vars(from_cfg["classification_loss"]).get("gamma")) == (FocalLoss, default_loss.gamma)
+    _assert_config_gives_the_defaults(FocalRetinaNetHead, FocalRetinaNetHead.from_config(cfg, shapes))
+    _assert_config_gives_the_defaults(OctaveAnchorGenerator, OctaveAnchorGenerator.from_config(cfg, shapes[:5]))
+    for loss_class in (FocalLoss, FocalLossStar, OhemLoss):
+        _assert_config_gives_the_defaults(loss_class, loss_class.from_config(cfg))
+    assert P6P7TopBlock(8, 8).in_feature == cfg.MODEL.FOCAL_RETINANET.P6_INPUT
+
+
+def test_constructor_is_a_drop_in_for_detectron2_retinanet():
+    """Every keyword of detectron2's RetinaNet is accepted, with RetinaNet's default."""
+    from detectron2.modeling.meta_arch.retinanet import RetinaNet
+
+    ours = inspect.signature(FocalRetinaNet.__init__).parameters
+    for name, param in inspect.signature(RetinaNet.__init__).parameters.items():
+        if name == "self":
+            continue
+        assert name in ours, name
+        assert ours[name].default == param.default, name
 
 
 @pytest.mark.parametrize(
@@ -164,7 +194,9 @@ def test_config_defaults_equal_constructor_defaults():
         ("MODEL.RETINANET.FOCAL_LOSS_GAMMA", -1.0, "FOCAL_LOSS_GAMMA"),
         ("MODEL.RETINANET.FOCAL_LOSS_ALPHA", 1.5, "FOCAL_LOSS_ALPHA"),
         ("MODEL.RETINANET.IOU_THRESHOLDS", [0.5, 0.4], "IOU_THRESHOLDS"),
-        ("MODEL.RETINANET.IOU_LABELS", [0, 1, -1], "IOU_LABELS"),
+        ("MODEL.RETINANET.IOU_LABELS", [0, 2, 1], "IOU_LABELS"),
+        ("MODEL.RETINANET.IOU_LABELS", [0, 1], "IOU_LABELS"),
+        ("MODEL.ANCHOR_GENERATOR.SIZES", [[16, 32, 64]], "ANCHOR_GENERATOR.SIZES.*OCTAVE_BASE_SCALE"),
         ("MODEL.RETINANET.NORM", "BN", "MODEL.RETINANET.NORM"),
         ("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "diou", "BBOX_REG_LOSS_TYPE"),
         ("MODEL.RETINANET.IN_FEATURES", ["p2", "p3"], "IN_FEATURES"),

@@ -14,15 +14,15 @@ LOSSES = torch.tensor([1.0, 5.0, 3.0, 0.5, 9.0])
 
 def test_plain_ohem_keeps_the_highest_loss_anchors_after_nms():
     # anchor 4 is ignored; anchor 0 (loss 1) is suppressed by anchor 1 (loss 5, IoU .9 > .7)
-    assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=2).tolist() == [1, 2]
-    assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=10).tolist() == [1, 2, 3]
+    assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=2, fg_fraction=-1, nms_thresh=0.7).tolist() == [1, 2]
+    assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=10, fg_fraction=-1, nms_thresh=0.7).tolist() == [1, 2, 3]
     # without suppression (threshold 1.0) anchor 0 stays
-    assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=10, nms_thresh=1.0).tolist() == [1, 2, 0, 3]
+    assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=10, fg_fraction=-1, nms_thresh=1.0).tolist() == [1, 2, 0, 3]
 
 
 def test_ohem_with_a_foreground_ratio():
     # B = 4, fg share .25: one foreground (anchor 3, the only fg left after NMS), then background
-    assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=4, fg_fraction=0.25).tolist() == [3, 1, 2]
+    assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=4, fg_fraction=0.25, nms_thresh=0.7).tolist() == [3, 1, 2]
 
 
 def test_ohem_model_trains_a_step_with_finite_losses():

@@ -54,7 +54,7 @@ def test_degenerate_boxes_are_dropped_or_clipped(model):
         [200, 100, 300, 400],  # partly outside: clipped
     ]
     record = with_boxes(boxes, [0, 1, 2, 3, 4, 1])
-    anchors = Boxes.cat(model.anchor_generator(list(model.backbone(torch.zeros(1, 3, 160, 224)).values())))
+    anchors = Boxes.cat(model.anchor_generator(list(model.backbone(torch.zeros(1, 3, 160, 224)).values()))).tensor
     labels, matched = model.label_anchors(anchors, [record["instances"]])
     assert set(labels[labels >= 0].unique().tolist()) <= {1, 4, 5}  # only the two usable boxes
     assert torch.isfinite(matched).all()

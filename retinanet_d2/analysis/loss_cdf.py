@@ -14,10 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from detectron2.structures import Boxes  # noqa: E402
-
-from ..modeling.losses import sigmoid_focal_loss  # noqa: E402
-from ..modeling.meta_arch import flatten_levels  # noqa: E402
+from ..modeling.losses import one_hot_targets, sigmoid_focal_loss  # noqa: E402
 
 FIG4_GAMMAS = (0.0, 0.5, 1.0, 2.0)
 
@@ -28,24 +25,16 @@ def collect_logits(model, batches: Iterable[List[dict]]):
     model.eval()
     logits, labels = [], []
     for batch in batches:
-        images = model.preprocess_image(batch)
-        features = model.backbone(images.tensor)
-        features = [features[f] for f in model.head_in_features]
-        level_logits, _ = model.head(features)
-        anchors = Boxes.cat(model.anchor_generator(features))
-        gt = [b["instances"].to(model.device) for b in batch]
-        batch_labels, _ = model.label_anchors(anchors, gt)
-        flat = flatten_levels(level_logits, model.num_classes).reshape(-1, model.num_classes)
-        valid = batch_labels.reshape(-1) >= 0
-        logits.append(flat[valid].cpu())
-        labels.append(batch_labels.reshape(-1)[valid].cpu())
+        outputs = model.dense_outputs(batch)
+        valid = outputs.labels >= 0
+        logits.append(outputs.logits[valid].cpu())
+        labels.append(outputs.labels[valid].cpu())
     return torch.cat(logits), torch.cat(labels)
 
 
 def normalised_loss_cdfs(logits, labels, gammas: Sequence[float], points: int = 200) -> Dict:
     """{"fraction": [...], "positive": {gamma: cdf}, "negative": {gamma: cdf}, "counts": {...}}."""
-    num_classes = logits.shape[1]
-    targets = (labels[:, None] == torch.arange(num_classes)).float()
+    targets = one_hot_targets(labels, logits.shape[1])
     fraction = torch.linspace(0, 1, points)
     result = {"fraction": fraction.tolist(), "positive": {}, "negative": {},
               "counts": {"positive": int(targets.sum()), "negative": int((1 - targets).sum())}}

@@ -18,6 +18,9 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
 
+from ..config import DEFAULTS, retinanet_node
+
+_OURS = DEFAULTS.MODEL.FOCAL_RETINANET
 # Values accepted by MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING.
 ANCHOR_ROUNDINGS = ("", "torchvision", "detectron")
 
@@ -25,13 +28,9 @@ ANCHOR_ROUNDINGS = ("", "torchvision", "detectron")
 def octave_anchor_sizes(strides: List[int], octave_base_scale: float, scales_per_octave: int):
     """Per-level anchor sizes (list of ``len(strides)`` lists of ``scales_per_octave`` floats)."""
     if octave_base_scale <= 0:
-        raise ValueError(
-            f"MODEL.FOCAL_RETINANET.OCTAVE_BASE_SCALE must be > 0, got {octave_base_scale}"
-        )
+        raise ValueError(f"octave_base_scale (MODEL.FOCAL_RETINANET.OCTAVE_BASE_SCALE) must be > 0, got {octave_base_scale}")
     if scales_per_octave < 1:
-        raise ValueError(
-            f"MODEL.FOCAL_RETINANET.SCALES_PER_OCTAVE must be >= 1, got {scales_per_octave}"
-        )
+        raise ValueError(f"scales_per_octave (MODEL.FOCAL_RETINANET.SCALES_PER_OCTAVE) must be >= 1, got {scales_per_octave}")
     return [
         [octave_base_scale * stride * 2 ** (i / scales_per_octave) for i in range(scales_per_octave)]
         for stride in strides
@@ -77,10 +76,10 @@ class OctaveAnchorGenerator(DefaultAnchorGenerator):
         *,
         strides,
         aspect_ratios,
-        octave_base_scale=4.0,
-        scales_per_octave=3,
-        offset=0.5,
-        rounding="",
+        octave_base_scale=_OURS.OCTAVE_BASE_SCALE,
+        scales_per_octave=_OURS.SCALES_PER_OCTAVE,
+        offset=DEFAULTS.MODEL.ANCHOR_GENERATOR.OFFSET,
+        rounding=_OURS.ANCHOR_ROUNDING,
     ):
         """
         Args:
@@ -93,7 +92,7 @@ class OctaveAnchorGenerator(DefaultAnchorGenerator):
         """
         if rounding not in ANCHOR_ROUNDINGS:
             raise ValueError(
-                f"MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING must be one of {ANCHOR_ROUNDINGS}, "
+                f"rounding (MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING) must be one of {ANCHOR_ROUNDINGS}, "
                 f"got {rounding!r}"
             )
         sizes = octave_anchor_sizes(strides, octave_base_scale, scales_per_octave)
@@ -106,11 +105,29 @@ class OctaveAnchorGenerator(DefaultAnchorGenerator):
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        node = retinanet_node(cfg)
+        strides = [shape.stride for shape in input_shape]
+        sizes = cfg.MODEL.ANCHOR_GENERATOR.SIZES
+        octave_sizes = octave_anchor_sizes(strides, node.OCTAVE_BASE_SCALE, node.SCALES_PER_OCTAVE)
+        if sizes != DEFAULTS.MODEL.ANCHOR_GENERATOR.SIZES and not _same_sizes(sizes, octave_sizes):
+            raise ValueError(
+                f"MODEL.ANCHOR_GENERATOR.SIZES is set to {sizes}, but OctaveAnchorGenerator takes its "
+                f"sizes from MODEL.FOCAL_RETINANET.OCTAVE_BASE_SCALE and SCALES_PER_OCTAVE "
+                f"({[[round(s, 1) for s in level] for level in octave_sizes]}); set those, or use "
+                'MODEL.ANCHOR_GENERATOR.NAME "DefaultAnchorGenerator" for explicit sizes'
+            )
         return {
-            "strides": [shape.stride for shape in input_shape],
+            "strides": strides,
             "aspect_ratios": cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS,
-            "octave_base_scale": cfg.MODEL.FOCAL_RETINANET.OCTAVE_BASE_SCALE,
-            "scales_per_octave": cfg.MODEL.FOCAL_RETINANET.SCALES_PER_OCTAVE,
+            "octave_base_scale": node.OCTAVE_BASE_SCALE,
+            "scales_per_octave": node.SCALES_PER_OCTAVE,
             "offset": cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
-            "rounding": cfg.MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING,
+            "rounding": node.ANCHOR_ROUNDING,
         }
+
+
+def _same_sizes(a, b) -> bool:
+    """Whether two per-level size lists are equal up to float rounding."""
+    return len(a) == len(b) and all(
+        len(x) == len(y) and all(abs(u - v) <= 1e-6 * v for u, v in zip(x, y)) for x, y in zip(a, b)
+    )

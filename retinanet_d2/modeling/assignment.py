@@ -1,12 +1,12 @@
-"""Anchor assignment (§4): IoU >= high -> foreground, < low -> background, in between -> ignored,
-plus each box's highest-IoU anchors ("low-quality matches"). Same rule as detectron2's ``Matcher``
-with ``allow_low_quality_matches=True``, computed over chunks of boxes so that memory stays
-O(chunk x R) for images with thousands of boxes.
+"""Anchor assignment (§4): IoU >= 0.5 -> foreground, < 0.4 -> background, in between -> ignored,
+plus each box's highest-IoU anchors ("low-quality matches"). The rule of detectron2's ``Matcher``
+(any thresholds and labels, low-quality matches optional), computed over chunks of boxes so that
+memory stays O(chunk x R) for images with thousands of boxes.
 
 One deliberate difference: a box whose best IoU with every anchor is 0 (e.g. a degenerate box) gets
 no low-quality matches; detectron2's ``Matcher`` would mark every anchor as its foreground.
 """
-from typing import Iterator, Tuple
+from typing import Iterator, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -25,17 +25,19 @@ def _iou_chunks(gt_boxes: Tensor, anchors: Tensor, chunk: int) -> Iterator[Tuple
 def match_anchors(
     gt_boxes: Tensor,
     anchors: Tensor,
-    low: float = 0.4,
-    high: float = 0.5,
-    low_quality_matches: bool = True,
-    chunk: int = 256,
+    thresholds: Sequence[float],
+    labels: Sequence[int],
+    low_quality_matches: bool,
+    chunk: int,
 ) -> Tuple[Tensor, Tensor]:
     """Match R anchors to G >= 1 ground-truth boxes.
 
     Args:
         gt_boxes: (G, 4) XYXY.
         anchors: (R, 4) XYXY.
-        low, high: IoU thresholds (MODEL.RETINANET.IOU_THRESHOLDS).
+        thresholds: T increasing IoU thresholds (the paper's [0.4, 0.5]).
+        labels: T + 1 labels in {-1, 0, 1}, one per IoU interval [-inf, t1), [t1, t2), ..., [tT, inf)
+            (the paper's [0, -1, 1]).
         low_quality_matches: also mark each box's highest-IoU anchors as foreground.
         chunk: boxes per IoU block.
 
@@ -57,9 +59,9 @@ def match_anchors(
         if start == 0 and gt_boxes.shape[0] <= chunk:
             kept_blocks.append((start, iou))
 
-    match_labels = torch.ones(num_anchors, dtype=torch.int8, device=anchors.device)
-    match_labels[best_iou < high] = -1
-    match_labels[best_iou < low] = 0
+    match_labels = torch.full((num_anchors,), labels[-1], dtype=torch.int8, device=anchors.device)
+    for threshold, label in reversed(list(zip(thresholds, labels[:-1]))):
+        match_labels[best_iou < threshold] = label
     if low_quality_matches:
         best_per_box = torch.cat(best_per_box)
         blocks = kept_blocks or _iou_chunks(gt_boxes, anchors, chunk)

@@ -13,6 +13,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling.anchor_generator import build_anchor_generator
 
+from ..config import DEFAULTS
+
 # Values accepted by MODEL.RETINANET.NORM.
 HEAD_NORMS = ("", "GN")
 
@@ -36,8 +38,8 @@ class FocalRetinaNetHead(nn.Module):
         num_classes: int,
         num_anchors: int,
         conv_dims: List[int],
-        norm: str = "",
-        prior_prob: float = 0.01,
+        norm: str = DEFAULTS.MODEL.RETINANET.NORM,
+        prior_prob: float = DEFAULTS.MODEL.RETINANET.PRIOR_PROB,
     ):
         """
         Args:

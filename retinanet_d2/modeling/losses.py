@@ -3,62 +3,50 @@
 * ``sigmoid_focal_loss``: FL (eq. 5), drop-in for fvcore's / torchvision's (same signature, values).
 * ``sigmoid_focal_loss_star``: FL* (eq. 11 family), drop-in for fvcore's.
 * ``focal_loss_from_labels``: FL summed over a (M, K) logit matrix given class labels, fused: no
-  one-hot target, no saved intermediates, gradient from the paper's eq. 10.
+  one-hot copy in memory, no saved intermediates.
 
-Notation: ``x`` logits, ``t`` targets in [0, 1], ``y = 2t - 1``, ``x_t = y x``, ``p_t = sigmoid(x_t)``.
+One kernel family computes FL's values and gradients from logits and targets; the label form feeds it
+the one-hot targets inside the (compiled, compiled.py) kernel. The backward pass recomputes from the
+saved logits.
 
-The elementwise kernels run through ``torch.compile(dynamic=True)`` (one fused loop, no recompiles
-as image sizes change) for inputs of at least COMPILE_MIN_ELEMENTS elements; smaller inputs, and
-machines where compiling fails (logged once), run them eagerly. RETINANET_D2_COMPILE=0 turns
-compiling off.
+Every loss computes in at least float32: half-precision logits (under autocast) are upcast first, so
+values and gradients are those of float32 on the same rounded logits, and the returned loss is
+float32. Values and gradients below the smallest normal float are returned as 0: subnormal
+gradients would flow into the head's convolution backward, which runs many times slower on them on
+some CPUs.
+
+Notation: ``x`` logits, ``t`` targets in [0, 1], ``p = sigmoid(x)``, ``p_t = p`` if t = 1 else 1 - p.
 """
-import logging
-import os
-from typing import Callable, Dict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .compiled import run_elementwise
+
 REDUCTIONS = ("none", "mean", "sum")
-COMPILE_MIN_ELEMENTS = 1 << 20
-_compiled: Dict[Callable, Callable] = {}
-_compile_failed = False
-
-
-def run_elementwise(kernel: Callable, inputs: Tensor, *args):
-    """``kernel(inputs, *args)``, compiled when ``inputs`` is large and compiling works here."""
-    global _compile_failed
-    if (
-        inputs.numel() < COMPILE_MIN_ELEMENTS
-        or _compile_failed
-        or os.environ.get("RETINANET_D2_COMPILE", "1") == "0"
-    ):
-        return kernel(inputs, *args)
-    if kernel not in _compiled:
-        _compiled[kernel] = torch.compile(kernel, dynamic=True)
-    try:
-        return _compiled[kernel](inputs, *args)
-    except Exception as error:  # no C++ compiler, unsupported device, ...: fall back, loudly
-        _compile_failed = True
-        logging.getLogger(__name__).warning(
-            f"torch.compile of {kernel.__name__} failed ({type(error).__name__}: {error}); "
-            "running the focal loss eagerly"
-        )
-        return kernel(inputs, *args)
 
 
 def check_focal_loss_args(alpha: float, gamma: float) -> None:
     """Raise ValueError unless alpha is in [0, 1] or -1 (no weighting) and gamma >= 0."""
     if not (alpha == -1 or 0.0 <= alpha <= 1.0):
-        raise ValueError(
-            f"focal loss alpha (MODEL.RETINANET.FOCAL_LOSS_ALPHA) must be in [0, 1] or -1 "
-            f"for none, got {alpha}"
-        )
+        raise ValueError(f"focal loss alpha must be in [0, 1] or -1 for none, got {alpha}")
     if not gamma >= 0:
-        raise ValueError(
-            f"focal loss gamma (MODEL.RETINANET.FOCAL_LOSS_GAMMA) must be >= 0, got {gamma}"
-        )
+        raise ValueError(f"focal loss gamma must be >= 0, got {gamma}")
+
+
+def check_fl_star_args(gamma: float, beta: float) -> None:
+    """Raise ValueError unless FL*'s gamma > 0 and beta is finite."""
+    if not gamma > 0:
+        raise ValueError(f"FL* gamma must be > 0, got {gamma}")
+    if not abs(beta) < float("inf"):
+        raise ValueError(f"FL* beta must be finite, got {beta}")
+
+
+def one_hot_targets(labels: Tensor, num_classes: int, dtype=torch.float32) -> Tensor:
+    """(..., K) targets of labels (...) in {-1 ignore, 0..K-1 class, K background}: 1 at the label's
+    class, 0 elsewhere (all 0 for background and ignored anchors)."""
+    return (labels[..., None] == torch.arange(num_classes, device=labels.device)).to(dtype)
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -69,6 +57,16 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     if reduction == "sum":
         return loss.sum()
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` as float32 if it is float16 or bfloat16 (an autocast output), else unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _flush_subnormal(x: Tensor) -> Tensor:
+    """``x`` with every value of magnitude below the smallest normal float set to 0."""
+    return torch.where(x.abs() < torch.finfo(x.dtype).tiny, torch.zeros_like(x), x)
 
 
 def _alpha_weight(targets: Tensor, alpha: float) -> Tensor:
@@ -112,7 +110,7 @@ def _focal_loss_values(x: Tensor, t: Tensor, alpha: float, gamma: float) -> Tens
         loss = loss * _one_minus_p_t(t, p, one_minus_p).pow(gamma)
     if alpha >= 0:
         loss = loss * _alpha_weight(t, alpha)
-    return loss
+    return _flush_subnormal(loss)
 
 
 def _focal_loss_grad(x: Tensor, t: Tensor, grad_output: Tensor, alpha: float, gamma: float) -> Tensor:
@@ -128,7 +126,7 @@ def _focal_loss_grad(x: Tensor, t: Tensor, grad_output: Tensor, alpha: float, ga
         grad = q.pow(gamma) * (grad + gamma * (1 - 2 * t) * ratio * ce)
     if alpha >= 0:
         grad = grad * _alpha_weight(t, alpha)
-    return grad * grad_output
+    return _flush_subnormal(grad * grad_output)
 
 
 class _RecomputingLoss(torch.autograd.Function):
@@ -166,6 +164,7 @@ def sigmoid_focal_loss(
         reduction: "none" (same shape as inputs), "mean" or "sum" (scalars).
     """
     check_focal_loss_args(alpha, gamma)
+    inputs = at_least_float32(inputs)
     loss = _RecomputingLoss.apply(
         inputs, targets.to(inputs.dtype), float(alpha), float(gamma), _focal_loss_values, _focal_loss_grad
     )
@@ -195,47 +194,30 @@ def sigmoid_focal_loss_star(
     """
     check_fl_star_args(gamma, beta)
     check_focal_loss_args(alpha, 0.0)
+    inputs = at_least_float32(inputs)
     targets = targets.to(inputs.dtype)
+    if inputs.requires_grad:
+        inputs = inputs.view_as(inputs)  # a node of its own, so the hook touches only this loss
+        inputs.register_hook(_flush_subnormal)
     shifted = gamma * inputs * (2 * targets - 1) + beta
     loss = -F.logsigmoid(shifted) / gamma
     if alpha >= 0:
         loss = _alpha_weight(targets, alpha) * loss
-    return _reduce(loss, reduction)
+    return _reduce(_flush_subnormal(loss), reduction)
 
 
-def check_fl_star_args(gamma: float, beta: float) -> None:
-    """Raise ValueError unless FL*'s gamma > 0 and beta is finite."""
-    if not gamma > 0:
-        raise ValueError(f"FL* gamma (MODEL.FOCAL_RETINANET.STAR_GAMMA) must be > 0, got {gamma}")
-    if not abs(beta) < float("inf"):
-        raise ValueError(f"FL* beta (MODEL.FOCAL_RETINANET.STAR_BETA) must be finite, got {beta}")
+def _label_loss_sum(logits: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
+    """FL kernel on (M, K) logits and (M,) labels: the sum over non-ignored rows."""
+    targets = one_hot_targets(labels, logits.shape[1], logits.dtype)
+    valid = (labels >= 0).to(logits.dtype)[:, None]
+    return (_focal_loss_values(logits, targets, alpha, gamma) * valid).sum()
 
 
-def _signed_targets(logits: Tensor, labels: Tensor) -> Tensor:
-    """y in {+1, -1} of shape (M, K): +1 where column k == labels[m], else -1."""
-    classes = torch.arange(logits.shape[1], device=logits.device)
-    return (labels[:, None] == classes).to(logits.dtype) * 2 - 1
-
-
-def _label_focal_loss_sum(logits: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
-    y = _signed_targets(logits, labels)
-    _, one_minus_p_t, log_p_t, _ = _sigmoid_parts(y * logits)
-    loss = -one_minus_p_t.pow(gamma) * log_p_t
-    if alpha >= 0:
-        loss = loss * (0.5 + y * (alpha - 0.5))  # alpha_t: alpha if y = 1, 1 - alpha if y = -1
-    return (loss * (labels >= 0).to(loss.dtype)[:, None]).sum()
-
-
-def _label_focal_loss_grad(
-    logits: Tensor, labels: Tensor, grad_output: Tensor, alpha: float, gamma: float
-) -> Tensor:
-    y = _signed_targets(logits, labels)
-    p_t, one_minus_p_t, log_p_t, _ = _sigmoid_parts(y * logits)
-    # eq. 10: dFL/dx = y (1 - p_t)^gamma (gamma p_t log(p_t) + p_t - 1)
-    grad = y * one_minus_p_t.pow(gamma) * (gamma * p_t * log_p_t - one_minus_p_t)
-    if alpha >= 0:
-        grad = grad * (0.5 + y * (alpha - 0.5))
-    return grad * (labels >= 0).to(grad.dtype)[:, None] * grad_output
+def _label_loss_grad(logits: Tensor, labels: Tensor, grad_output: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Gradient of _label_loss_sum: the FL gradient kernel, 0 on ignored rows."""
+    targets = one_hot_targets(labels, logits.shape[1], logits.dtype)
+    valid = (labels >= 0).to(logits.dtype)[:, None]
+    return _focal_loss_grad(logits, targets, grad_output * valid, alpha, gamma)
 
 
 def focal_loss_from_labels(
@@ -248,7 +230,7 @@ def focal_loss_from_labels(
     """
     check_focal_loss_args(alpha, gamma)
     return _RecomputingLoss.apply(
-        logits, labels, float(alpha), float(gamma), _label_focal_loss_sum, _label_focal_loss_grad
+        at_least_float32(logits), labels, float(alpha), float(gamma), _label_loss_sum, _label_loss_grad
     )
 
 
@@ -257,5 +239,5 @@ def focal_loss_star_from_labels(
 ) -> Tensor:
     """Summed FL* of ``logits`` (M, K) against ``labels`` (M,), labels as in focal_loss_from_labels."""
     valid = labels >= 0
-    targets = (labels[valid][:, None] == torch.arange(logits.shape[1], device=logits.device))
+    targets = one_hot_targets(labels[valid], logits.shape[1])
     return sigmoid_focal_loss_star(logits[valid], targets, alpha, gamma, beta, reduction="sum")

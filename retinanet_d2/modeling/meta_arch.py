@@ -1,13 +1,15 @@
 """``FocalRetinaNet``: the paper's one-stage detector as a detectron2 meta-architecture.
 
-Training: every anchor is assigned (assignment.py); the classification loss (FL or FL*) is summed
-over all non-ignored anchors and the box loss over foreground anchors, both divided by the number of
-foreground anchors of the whole batch (all-reduced over processes, §3/§4). The OHEM baseline (Table
-1(d)) sums over the anchors ohem.py selects instead, divided by their number. Inference: per level,
-scores > SCORE_THRESH_TEST, top TOPK_CANDIDATES_TEST, decode; then per-class NMS and at most
-DETECTIONS_PER_IMAGE detections.
+A drop-in for detectron2's ``RetinaNet``: the constructor takes RetinaNet's keyword arguments
+(backbone, head, anchor generator, box transform, ``anchor_matcher``, ...), so any detectron2 config
+that builds a RetinaNet builds this by naming it. What it adds: the classification loss as an
+injected object (``classification_loss``: FL, FL* or OHEM, dense_losses.py), normalised by the exact
+foreground count of the batch (all-reduced, §3/§4) instead of detectron2's moving average; anchor
+assignment over chunks of boxes (bounded memory); per-level score thresholds; optional clipping
+before NMS (for converted models). Inference: per level, scores above the threshold, the top
+TOPK_CANDIDATES_TEST, decode; then per-class NMS and at most DETECTIONS_PER_IMAGE detections.
 """
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -19,33 +21,24 @@ from detectron2.layers import batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector, permute_to_N_HWA_K
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 
-from ..config import LOSS_NAMES
+from ..config import DEFAULTS, retinanet_node
 from .assignment import match_anchors
+from .dense_losses import FocalLoss, build_classification_loss
 from .head import FocalRetinaNetHead
-from .losses import (
-    check_fl_star_args,
-    check_focal_loss_args,
-    focal_loss_from_labels,
-    focal_loss_star_from_labels,
-    sigmoid_focal_loss,
-)
-from .ohem import check_ohem_args, ohem_select
+from .losses import at_least_float32
 
 # Values accepted by MODEL.RETINANET.BBOX_REG_LOSS_TYPE.
 BOX_LOSSES = ("smooth_l1", "giou")
 
 
-def flatten_levels(per_level: List[Tensor], dim: int) -> Tensor:
+def concat_levels(per_level: List[Tensor], dim: int) -> Tensor:
     """(N, A*dim, Hi, Wi) per level -> (N, sum(Hi*Wi*A), dim), detectron2's anchor order."""
-    flat = []
-    for x in per_level:
-        n, _, h, w = x.shape
-        flat.append(x.view(n, -1, dim, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, dim))
-    return torch.cat(flat, dim=1)
+    return torch.cat([permute_to_N_HWA_K(x, dim) for x in per_level], dim=1)
 
 
 def topk_count(candidates: Tensor, k: int):
@@ -57,19 +50,33 @@ def topk_count(candidates: Tensor, k: int):
 
 
 def check_iou_thresholds(thresholds, labels) -> None:
-    """Raise ValueError unless the matcher keys describe the paper's three-way assignment."""
-    if len(thresholds) != 2 or not 0.0 <= thresholds[0] <= thresholds[1] <= 1.0:
+    """Raise ValueError naming MODEL.RETINANET.IOU_THRESHOLDS / IOU_LABELS unless they describe a
+    Matcher: increasing thresholds in [0, 1], one label more than thresholds, labels in {-1, 0, 1}."""
+    if list(thresholds) != sorted(thresholds) or not all(0.0 <= t <= 1.0 for t in thresholds):
         raise ValueError(
-            "MODEL.RETINANET.IOU_THRESHOLDS must be [low, high] with 0 <= low <= high <= 1, "
-            f"got {list(thresholds)}"
+            f"MODEL.RETINANET.IOU_THRESHOLDS must increase within [0, 1], got {list(thresholds)}"
         )
-    if list(labels) != [0, -1, 1]:
-        raise ValueError(f"MODEL.RETINANET.IOU_LABELS must be [0, -1, 1], got {list(labels)}")
+    if len(labels) != len(thresholds) + 1 or not set(labels) <= {-1, 0, 1}:
+        raise ValueError(
+            f"MODEL.RETINANET.IOU_LABELS must be {len(thresholds) + 1} labels in {{-1, 0, 1}} "
+            f"(one per IoU interval of IOU_THRESHOLDS), got {list(labels)}"
+        )
+
+
+class DenseOutputs(NamedTuple):
+    """A batch's dense predictions and their assignment, levels concatenated (R anchors)."""
+
+    anchors: Tensor  # (R, 4) XYXY, the same for every image
+    logits: Tensor  # (N, R, K), at least float32
+    deltas: Tensor  # (N, R, 4), at least float32
+    labels: Tensor  # (N, R) int64 in {-1 ignore, 0..K-1 class, K background}
+    matched_boxes: Tensor  # (N, R, 4) the assigned box of each foreground anchor, else 0
 
 
 @META_ARCH_REGISTRY.register()
 class FocalRetinaNet(DenseDetector):
-    """RetinaNet with the paper's normaliser and loss family; detectron2-compatible module names."""
+    """RetinaNet with the paper's normaliser and loss family; detectron2's module names and
+    constructor arguments."""
 
     @configurable
     def __init__(
@@ -80,69 +87,57 @@ class FocalRetinaNet(DenseDetector):
         head_in_features: List[str],
         anchor_generator: nn.Module,
         box2box_transform: Box2BoxTransform,
+        anchor_matcher: Matcher,
         num_classes: int,
-        iou_thresholds: Tuple[float, float] = (0.4, 0.5),
-        matcher_chunk_boxes: int = 256,
-        loss: str = "focal",
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
-        star_gamma: float = 2.0,
-        star_beta: float = 1.0,
-        ohem_batch_size_per_image: int = 128,
-        ohem_fg_fraction: float = -1.0,
-        ohem_nms_thresh: float = 0.7,
-        box_reg_loss_type: str = "smooth_l1",
         smooth_l1_beta: float = 0.0,
+        box_reg_loss_type: str = "smooth_l1",
         test_score_thresh: Union[float, Sequence[float]] = 0.05,
         test_topk_candidates: int = 1000,
         test_nms_thresh: float = 0.5,
         max_detections_per_image: int = 100,
-        clip_boxes_before_nms: bool = False,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
+        vis_period: int = 0,
         input_format: str = "BGR",
+        classification_loss: Optional[nn.Module] = None,
+        matcher_chunk_boxes: int = DEFAULTS.MODEL.FOCAL_RETINANET.MATCHER_CHUNK_BOXES,
+        clip_boxes_before_nms: bool = DEFAULTS.MODEL.FOCAL_RETINANET.CLIP_BOXES_BEFORE_NMS,
     ):
         """
-        Args:
+        Args (detectron2 RetinaNet's, with its meanings and defaults: tested against its signature):
             backbone: detectron2 backbone whose outputs include head_in_features.
             head: maps a list of features to (logits, deltas) lists, see FocalRetinaNetHead.
             head_in_features: backbone outputs fed to the head, e.g. ["p3", ..., "p7"].
             anchor_generator: detectron2 anchor generator over those features.
             box2box_transform: anchor <-> box delta parameterisation.
+            anchor_matcher: detectron2 Matcher; its thresholds, labels and low-quality setting
+                decide the assignment (computed here over chunks of boxes).
             num_classes: K, foreground classes.
-            iou_thresholds: (low, high): background below low, foreground at or above high.
-            matcher_chunk_boxes: boxes per IoU block in anchor assignment (bounds memory).
-            loss: classification loss, "focal", "focal_star" or "ohem" (see config.py).
-            focal_loss_alpha: FL's alpha in [0, 1], or -1 for none.
-            focal_loss_gamma: FL's gamma >= 0 (0 is alpha-balanced CE).
-            star_gamma, star_beta: FL*'s gamma > 0 and beta.
-            ohem_batch_size_per_image: OHEM's anchors per image.
-            ohem_fg_fraction: OHEM's largest foreground share, or -1 for none.
-            ohem_nms_thresh: OHEM's NMS threshold over anchors.
-            box_reg_loss_type: "smooth_l1" (beta 0 is L1) or "giou".
-            smooth_l1_beta: smooth L1's beta.
+            focal_loss_alpha, focal_loss_gamma: FL's alpha and gamma, used when no
+                classification_loss is given.
+            smooth_l1_beta: smooth L1's beta (0: L1).
+            box_reg_loss_type: "smooth_l1" or "giou".
             test_score_thresh: candidates need a score above this; one value for every level, or
                 one per level of head_in_features (Detectron: 0.0 on its last level).
             test_topk_candidates: candidates kept per level.
             test_nms_thresh: per-class NMS IoU threshold.
             max_detections_per_image: detections kept per image.
-            clip_boxes_before_nms: clip decoded boxes to the image before NMS.
             pixel_mean, pixel_std: input normalisation, one value per channel.
+            vis_period: accepted for detectron2's signature; unused, as in detectron2's RetinaNet.
             input_format: "BGR" or "RGB", for visualisation.
+        Args (this project's):
+            classification_loss: a dense_losses loss object (FocalLoss, FocalLossStar, OhemLoss);
+                default FocalLoss(alpha=focal_loss_alpha, gamma=focal_loss_gamma).
+            matcher_chunk_boxes: boxes per IoU block in anchor assignment (bounds memory).
+            clip_boxes_before_nms: clip decoded boxes to the image before NMS.
         """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
         )
-        check_iou_thresholds(iou_thresholds, [0, -1, 1])
-        if loss not in LOSS_NAMES:
-            raise ValueError(f"MODEL.FOCAL_RETINANET.LOSS must be one of {LOSS_NAMES}, got {loss!r}")
-        if loss == "focal_star":
-            check_fl_star_args(star_gamma, star_beta)
-            check_focal_loss_args(focal_loss_alpha, 0.0)
-        else:
-            check_focal_loss_args(focal_loss_alpha, focal_loss_gamma)
-        if loss == "ohem":
-            check_ohem_args(ohem_batch_size_per_image, ohem_fg_fraction, ohem_nms_thresh)
+        if not set(anchor_matcher.labels) <= {-1, 0, 1}:
+            raise ValueError(f"anchor_matcher labels must be in {{-1, 0, 1}}, got {anchor_matcher.labels}")
         if box_reg_loss_type not in BOX_LOSSES:
             raise ValueError(
                 f"MODEL.RETINANET.BBOX_REG_LOSS_TYPE must be one of {BOX_LOSSES}, "
@@ -152,34 +147,28 @@ class FocalRetinaNet(DenseDetector):
             raise ValueError(
                 f"MODEL.FOCAL_RETINANET.MATCHER_CHUNK_BOXES must be >= 1, got {matcher_chunk_boxes}"
             )
+        if isinstance(test_score_thresh, (int, float)):
+            test_score_thresh = [float(test_score_thresh)] * len(self.head_in_features)
+        if len(test_score_thresh) != len(self.head_in_features):
+            raise ValueError(
+                f"MODEL.FOCAL_RETINANET.LEVEL_SCORE_THRESH_TEST needs one threshold per level of "
+                f"{list(self.head_in_features)}, got {list(test_score_thresh)}"
+            )
         self.num_classes = num_classes
         self.anchor_generator = anchor_generator
         self.box2box_transform = box2box_transform
-        self.iou_thresholds = tuple(iou_thresholds)
-        self.matcher_chunk_boxes = matcher_chunk_boxes
-        self.loss = loss
-        self.focal_loss_alpha = focal_loss_alpha
-        self.focal_loss_gamma = focal_loss_gamma
-        self.star_gamma = star_gamma
-        self.star_beta = star_beta
-        self.ohem_batch_size_per_image = ohem_batch_size_per_image
-        self.ohem_fg_fraction = ohem_fg_fraction
-        self.ohem_nms_thresh = ohem_nms_thresh
-        self.box_reg_loss_type = box_reg_loss_type
+        self.anchor_matcher = anchor_matcher
+        self.classification_loss = classification_loss or FocalLoss(alpha=focal_loss_alpha, gamma=focal_loss_gamma)
         self.smooth_l1_beta = smooth_l1_beta
-        if isinstance(test_score_thresh, (int, float)):
-            test_score_thresh = [float(test_score_thresh)] * len(head_in_features)
-        if len(test_score_thresh) != len(head_in_features):
-            raise ValueError(
-                f"MODEL.FOCAL_RETINANET.LEVEL_SCORE_THRESH_TEST needs one threshold per level of "
-                f"{list(head_in_features)}, got {list(test_score_thresh)}"
-            )
+        self.box_reg_loss_type = box_reg_loss_type
         self.test_score_thresh = [float(t) for t in test_score_thresh]
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
-        self.clip_boxes_before_nms = clip_boxes_before_nms
+        self.vis_period = vis_period
         self.input_format = input_format
+        self.matcher_chunk_boxes = matcher_chunk_boxes
+        self.clip_boxes_before_nms = clip_boxes_before_nms
 
     @classmethod
     def from_config(cls, cfg):
@@ -193,56 +182,70 @@ class FocalRetinaNet(DenseDetector):
             )
         feature_shapes = [backbone_shape[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
         check_iou_thresholds(cfg.MODEL.RETINANET.IOU_THRESHOLDS, cfg.MODEL.RETINANET.IOU_LABELS)
-        node = cfg.MODEL.FOCAL_RETINANET
+        node = retinanet_node(cfg)
         return {
             "backbone": backbone,
             "head": FocalRetinaNetHead(cfg, feature_shapes),
             "head_in_features": cfg.MODEL.RETINANET.IN_FEATURES,
             "anchor_generator": build_anchor_generator(cfg, feature_shapes),
             "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
+            "anchor_matcher": Matcher(
+                cfg.MODEL.RETINANET.IOU_THRESHOLDS, cfg.MODEL.RETINANET.IOU_LABELS, allow_low_quality_matches=True
+            ),
             "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
-            "iou_thresholds": tuple(cfg.MODEL.RETINANET.IOU_THRESHOLDS),
-            "matcher_chunk_boxes": node.MATCHER_CHUNK_BOXES,
-            "loss": node.LOSS,
             "focal_loss_alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
-            "star_gamma": node.STAR_GAMMA,
-            "star_beta": node.STAR_BETA,
-            "ohem_batch_size_per_image": node.OHEM_BATCH_SIZE_PER_IMAGE,
-            "ohem_fg_fraction": node.OHEM_FG_FRACTION,
-            "ohem_nms_thresh": node.OHEM_NMS_THRESH,
-            "box_reg_loss_type": cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE,
             "smooth_l1_beta": cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA,
-            "test_score_thresh": (
-                list(node.LEVEL_SCORE_THRESH_TEST) or cfg.MODEL.RETINANET.SCORE_THRESH_TEST
-            ),
+            "box_reg_loss_type": cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE,
+            "test_score_thresh": list(node.LEVEL_SCORE_THRESH_TEST) or cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
             "test_topk_candidates": cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "clip_boxes_before_nms": node.CLIP_BOXES_BEFORE_NMS,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
+            "classification_loss": build_classification_loss(cfg),
+            "matcher_chunk_boxes": node.MATCHER_CHUNK_BOXES,
+            "clip_boxes_before_nms": node.CLIP_BOXES_BEFORE_NMS,
         }
 
     # ---------------------------------------------------------------- training
-    def forward_training(self, images: ImageList, features, predictions, gt_instances):
+    def dense_outputs(self, batched_inputs: List[Dict]) -> DenseOutputs:
+        """The dense predictions of a batch of training inputs (DatasetMapper's format, with
+        "instances") and their assignment: the step before the losses, for analyses and tests."""
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        features = [features[f] for f in self.head_in_features]
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        return self.label_dense_outputs(features, self.head(features), gt_instances)
+
+    def label_dense_outputs(self, features: List[Tensor], predictions, gt_instances: List[Instances]) -> DenseOutputs:
+        """DenseOutputs of the head's ``predictions`` (per-level logits and deltas) on ``features``.
+        Predictions are upcast to float32 (under autocast), so that losses are float32."""
         logits, deltas = predictions
-        anchors = Boxes.cat(self.anchor_generator(features))
+        anchors = Boxes.cat(self.anchor_generator(features)).tensor
         labels, matched_boxes = self.label_anchors(anchors, gt_instances)
-        return self.losses(
-            anchors, flatten_levels(logits, self.num_classes), flatten_levels(deltas, 4),
-            labels, matched_boxes,
+        return DenseOutputs(
+            anchors,
+            at_least_float32(concat_levels(logits, self.num_classes)),
+            at_least_float32(concat_levels(deltas, 4)),
+            labels,
+            matched_boxes,
         )
 
+    def forward_training(self, images: ImageList, features, predictions, gt_instances):
+        return self.losses(self.label_dense_outputs(features, predictions, gt_instances))
+
     @torch.no_grad()
-    def label_anchors(self, anchors: Boxes, gt_instances: List[Instances]):
-        """Assign the R anchors of each of the N images (see assignment.py).
+    def label_anchors(self, anchors: Tensor, gt_instances: List[Instances]) -> Tuple[Tensor, Tensor]:
+        """Assign the R anchors (R, 4) of each of the N images (see assignment.py).
 
         Returns:
             labels: (N, R) int64 in {-1 ignore, 0..K-1 class, K background}.
             matched_boxes: (N, R, 4) the assigned box of each anchor (zeros where not foreground).
         """
+        matcher = self.anchor_matcher
         labels, matched_boxes = [], []
         for instances in gt_instances:
             # Non-finite boxes are dropped, the others clipped to the image, and zero-area or
@@ -253,11 +256,12 @@ class FocalRetinaNet(DenseDetector):
             nonempty = gt_boxes.nonempty()
             boxes = gt_boxes.tensor[nonempty]
             classes = instances.gt_classes[finite][nonempty]
-            image_labels = torch.full_like(anchors.tensor[:, 0], self.num_classes, dtype=torch.int64)
-            image_boxes = torch.zeros_like(anchors.tensor)
+            image_labels = torch.full_like(anchors[:, 0], self.num_classes, dtype=torch.int64)
+            image_boxes = torch.zeros_like(anchors)
             if boxes.shape[0] > 0:
                 idxs, match = match_anchors(
-                    boxes, anchors.tensor, *self.iou_thresholds, chunk=self.matcher_chunk_boxes
+                    boxes, anchors, matcher.thresholds[1:-1], matcher.labels,
+                    matcher.allow_low_quality_matches, self.matcher_chunk_boxes,
                 )
                 foreground = match == 1
                 image_labels[foreground] = classes[idxs[foreground]]
@@ -285,65 +289,24 @@ class FocalRetinaNet(DenseDetector):
         predicted = self.box2box_transform.apply_deltas(deltas, anchors)
         return giou_loss(predicted, boxes, reduction="none")
 
-    def losses(
-        self, anchors: Boxes, logits: Tensor, deltas: Tensor, labels: Tensor, matched_boxes: Tensor
-    ) -> Dict[str, Tensor]:
-        """
-        Args:
-            anchors: R anchors of one image (the same for all images of the batch).
-            logits: (N, R, K); deltas: (N, R, 4); labels: (N, R); matched_boxes: (N, R, 4).
-        Returns:
-            {"loss_cls", "loss_box_reg"}: scalars, sums divided by the batch's foreground count
-            (the OHEM minibatch size for loss "ohem").
-        """
-        if self.loss == "ohem":
-            return self.ohem_losses(anchors, logits, deltas, labels, matched_boxes)
-        foreground = (labels >= 0) & (labels < self.num_classes)  # (N, R)
-        normalizer = self.batch_normalizer(foreground.sum())
-        flat_logits = logits.reshape(-1, self.num_classes)
-        flat_labels = labels.reshape(-1)
-        if self.loss == "focal":
-            loss_cls = focal_loss_from_labels(
-                flat_logits, flat_labels, self.focal_loss_alpha, self.focal_loss_gamma
-            )
-        else:
-            loss_cls = focal_loss_star_from_labels(
-                flat_logits, flat_labels, self.focal_loss_alpha, self.star_gamma, self.star_beta
-            )
-        fg_anchors = anchors.tensor.expand(labels.shape[0], -1, -1)[foreground]
-        loss_box = self.box_losses(fg_anchors, deltas[foreground], matched_boxes[foreground]).sum()
-        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box / normalizer}
-
-    def ohem_losses(
-        self, anchors: Boxes, logits: Tensor, deltas: Tensor, labels: Tensor, matched_boxes: Tensor
-    ) -> Dict[str, Tensor]:
-        """Table 1(d)'s OHEM: the losses of the anchors ohem_select picks, over their number."""
-        valid = labels >= 0
-        foreground = valid & (labels < self.num_classes)
-        classes = torch.arange(self.num_classes, device=labels.device)
-        targets = (labels[..., None] == classes).to(logits.dtype)
-        cls = sigmoid_focal_loss(logits, targets, self.focal_loss_alpha, self.focal_loss_gamma)
-        cls = cls.sum(dim=-1) * valid  # (N, R)
-        box = torch.zeros_like(cls)
-        fg_anchors = anchors.tensor.expand(labels.shape[0], -1, -1)[foreground]
-        box[foreground] = self.box_losses(fg_anchors, deltas[foreground], matched_boxes[foreground])
-        selected = torch.zeros_like(valid)
-        for i in range(labels.shape[0]):
-            picked = ohem_select(
-                (cls[i] + box[i]).detach(), anchors.tensor, labels[i], self.num_classes,
-                self.ohem_batch_size_per_image, self.ohem_fg_fraction, self.ohem_nms_thresh,
-            )
-            selected[i, picked] = True
-        normalizer = self.batch_normalizer(selected.sum())
-        return {"loss_cls": cls[selected].sum() / normalizer, "loss_box_reg": box[selected].sum() / normalizer}
+    def losses(self, outputs: DenseOutputs) -> Dict[str, Tensor]:
+        """{"loss_cls", "loss_box_reg"}: scalars, the classification loss's sums divided by its
+        count (the batch's foreground anchors; OHEM's selected anchors), all-reduced."""
+        foreground = (outputs.labels >= 0) & (outputs.labels < self.num_classes)  # (N, R)
+        fg_anchors = outputs.anchors.expand(outputs.labels.shape[0], -1, -1)[foreground]
+        fg_box_losses = self.box_losses(fg_anchors, outputs.deltas[foreground], outputs.matched_boxes[foreground])
+        sums = self.classification_loss(outputs.anchors, outputs.logits, outputs.labels, fg_box_losses)
+        normalizer = self.batch_normalizer(sums.count)
+        return {"loss_cls": sums.cls / normalizer, "loss_box_reg": sums.box / normalizer}
 
     # ---------------------------------------------------------------- inference
     def forward_inference(self, images: ImageList, features, predictions) -> List[Instances]:
         logits, deltas = predictions
         anchors = [a.tensor for a in self.anchor_generator(features)]
-        # Per level, so that no level size is a Python constant in a traced (exported) model.
-        scores = [flatten_levels([x], self.num_classes).sigmoid() for x in logits]
-        deltas = [flatten_levels([x], 4) for x in deltas]
+        # Per level, so that no level size is a Python constant in a traced (exported) model;
+        # float32 scores and boxes also under autocast.
+        scores = [at_least_float32(permute_to_N_HWA_K(x, self.num_classes)).sigmoid() for x in logits]
+        deltas = [at_least_float32(permute_to_N_HWA_K(x, 4)) for x in deltas]
         return [
             self.inference_single_image(anchors, [s[i] for s in scores], [d[i] for d in deltas], size)
             for i, size in enumerate(images.image_sizes)

@@ -14,15 +14,15 @@ CANDIDATES_PER_SLOT = 32
 
 
 def check_ohem_args(batch_size: int, fg_fraction: float, nms_thresh: float) -> None:
-    """Raise ValueError naming the MODEL.FOCAL_RETINANET.OHEM_* key that is out of range."""
+    """Raise ValueError naming the OHEM argument that is out of range."""
     if batch_size <= 0:
-        raise ValueError(f"MODEL.FOCAL_RETINANET.OHEM_BATCH_SIZE_PER_IMAGE must be > 0, got {batch_size}")
+        raise ValueError(f"OHEM batch_size_per_image must be > 0, got {batch_size}")
     if not (fg_fraction == -1 or 0.0 < fg_fraction <= 1.0):
         raise ValueError(
-            f"MODEL.FOCAL_RETINANET.OHEM_FG_FRACTION must be in (0, 1] or -1 (no ratio), got {fg_fraction}"
+            f"OHEM fg_fraction must be in (0, 1] or -1 (no ratio), got {fg_fraction}"
         )
     if not 0.0 < nms_thresh <= 1.0:
-        raise ValueError(f"MODEL.FOCAL_RETINANET.OHEM_NMS_THRESH must be in (0, 1], got {nms_thresh}")
+        raise ValueError(f"OHEM nms_thresh must be in (0, 1], got {nms_thresh}")
 
 
 @torch.no_grad()
@@ -32,8 +32,8 @@ def ohem_select(
     labels: Tensor,
     num_classes: int,
     batch_size: int,
-    fg_fraction: float = -1,
-    nms_thresh: float = 0.7,
+    fg_fraction: float,
+    nms_thresh: float,
 ) -> Tensor:
     """Indices (<= batch_size,) of the anchors of one image that form its OHEM minibatch.
 

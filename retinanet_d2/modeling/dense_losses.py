@@ -1,0 +1,194 @@
+"""The paper's loss family as objects that FocalRetinaNet takes (``classification_loss=``), as
+detectron2 injects its matcher and box transform.
+
+Each object maps the dense outputs of a batch to ``LossSums(cls, box, count)``: the classification and
+box loss sums and the number they are divided by (all-reduced by the model):
+
+* ``FocalLoss`` (§3, eq. 5; gamma 0 is alpha-balanced CE): FL summed over every non-ignored anchor,
+  the box loss over foreground anchors, count = foreground anchors (§4).
+* ``FocalLossStar`` (Appendix A): the same with FL*.
+* ``OhemLoss`` (Table 1(d)): FL of the anchors ohem.py selects (by classification + box loss), both
+  sums over those anchors only, count = anchors selected.
+
+Labels: (N, R) int64 in {-1 ignore, 0..K-1 class, K background}. Constructors validate their own
+arguments, naming them; ``build_classification_loss`` names the config keys.
+"""
+from typing import Dict, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+
+from ..config import DEFAULTS, retinanet_node
+from .losses import (
+    check_fl_star_args,
+    check_focal_loss_args,
+    focal_loss_from_labels,
+    focal_loss_star_from_labels,
+    one_hot_targets,
+    sigmoid_focal_loss,
+)
+from .ohem import check_ohem_args, ohem_select
+
+
+_D2, _OURS = DEFAULTS.MODEL.RETINANET, DEFAULTS.MODEL.FOCAL_RETINANET
+
+
+class LossSums(NamedTuple):
+    """Loss sums of a batch and their normaliser's count (before the all-reduce)."""
+
+    cls: Tensor
+    box: Tensor
+    count: Tensor
+
+
+def _foreground(labels: Tensor, num_classes: int) -> Tensor:
+    return (labels >= 0) & (labels < num_classes)
+
+
+class FocalLoss(nn.Module):
+    """FL over all non-ignored anchors, normalised by the foreground count (the paper's RetinaNet)."""
+
+    # Config key of each argument, for errors of models built from a config.
+    CONFIG_KEYS = {"alpha": "MODEL.RETINANET.FOCAL_LOSS_ALPHA", "gamma": "MODEL.RETINANET.FOCAL_LOSS_GAMMA"}
+
+    @configurable
+    def __init__(self, *, alpha: float = _D2.FOCAL_LOSS_ALPHA, gamma: float = _D2.FOCAL_LOSS_GAMMA):
+        """
+        Args:
+            alpha: weight of positives in [0, 1], or -1 for none.
+            gamma: focusing parameter >= 0 (0: alpha-balanced CE).
+        """
+        super().__init__()
+        check_focal_loss_args(alpha, gamma)
+        self.alpha, self.gamma = float(alpha), float(gamma)
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {"alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, "gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA}
+
+    def classification_sum(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Summed loss of logits (M, K) against labels (M,)."""
+        return focal_loss_from_labels(logits, labels, self.alpha, self.gamma)
+
+    def forward(self, anchors: Tensor, logits: Tensor, labels: Tensor, fg_box_losses: Tensor) -> LossSums:
+        """
+        Args:
+            anchors: (R, 4) anchors of every image.
+            logits: (N, R, K); labels: (N, R).
+            fg_box_losses: (F,) box loss of each foreground anchor, in ``labels``' row-major order.
+        """
+        num_classes = logits.shape[-1]
+        cls = self.classification_sum(logits.reshape(-1, num_classes), labels.reshape(-1))
+        return LossSums(cls, fg_box_losses.sum(), _foreground(labels, num_classes).sum())
+
+
+class FocalLossStar(FocalLoss):
+    """FL* (Appendix A): ``-log(sigmoid(gamma * x_t + beta)) / gamma``, alpha-weighted, in place of FL."""
+
+    CONFIG_KEYS = {
+        "alpha": "MODEL.RETINANET.FOCAL_LOSS_ALPHA",
+        "gamma": "MODEL.FOCAL_RETINANET.STAR_GAMMA",
+        "beta": "MODEL.FOCAL_RETINANET.STAR_BETA",
+    }
+
+    @configurable
+    def __init__(
+        self, *, alpha: float = _D2.FOCAL_LOSS_ALPHA, gamma: float = _OURS.STAR_GAMMA, beta: float = _OURS.STAR_BETA
+    ):
+        """
+        Args:
+            alpha: weight of positives in [0, 1], or -1 for none.
+            gamma: FL*'s gamma > 0.
+            beta: FL*'s shift of the modified logit.
+        """
+        check_fl_star_args(gamma, beta)
+        super().__init__(alpha=alpha, gamma=0.0)
+        self.gamma, self.beta = float(gamma), float(beta)
+
+    @classmethod
+    def from_config(cls, cfg):
+        node = retinanet_node(cfg)
+        return {"alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, "gamma": node.STAR_GAMMA, "beta": node.STAR_BETA}
+
+    def classification_sum(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return focal_loss_star_from_labels(logits, labels, self.alpha, self.gamma, self.beta)
+
+
+class OhemLoss(FocalLoss):
+    """Table 1(d)'s OHEM baseline: FL (plain CE with alpha -1, gamma 0) and box loss of the anchors
+    ohem_select picks per image, each sum divided by their number."""
+
+    CONFIG_KEYS = {
+        **FocalLoss.CONFIG_KEYS,
+        "batch_size_per_image": "MODEL.FOCAL_RETINANET.OHEM_BATCH_SIZE_PER_IMAGE",
+        "fg_fraction": "MODEL.FOCAL_RETINANET.OHEM_FG_FRACTION",
+        "nms_thresh": "MODEL.FOCAL_RETINANET.OHEM_NMS_THRESH",
+    }
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        alpha: float = _D2.FOCAL_LOSS_ALPHA,
+        gamma: float = _D2.FOCAL_LOSS_GAMMA,
+        batch_size_per_image: int = _OURS.OHEM_BATCH_SIZE_PER_IMAGE,
+        fg_fraction: float = _OURS.OHEM_FG_FRACTION,
+        nms_thresh: float = _OURS.OHEM_NMS_THRESH,
+    ):
+        """
+        Args:
+            alpha, gamma: the FL that scores and trains the selected anchors.
+            batch_size_per_image: B, anchors kept per image.
+            fg_fraction: largest foreground share of B (0.25: the paper's 1:3), or -1 for none.
+            nms_thresh: IoU above which a lower-loss anchor is suppressed.
+        """
+        super().__init__(alpha=alpha, gamma=gamma)
+        check_ohem_args(batch_size_per_image, fg_fraction, nms_thresh)
+        self.batch_size_per_image, self.fg_fraction, self.nms_thresh = batch_size_per_image, fg_fraction, nms_thresh
+
+    @classmethod
+    def from_config(cls, cfg):
+        node = retinanet_node(cfg)
+        return {
+            **FocalLoss.from_config(cfg),
+            "batch_size_per_image": node.OHEM_BATCH_SIZE_PER_IMAGE,
+            "fg_fraction": node.OHEM_FG_FRACTION,
+            "nms_thresh": node.OHEM_NMS_THRESH,
+        }
+
+    def forward(self, anchors: Tensor, logits: Tensor, labels: Tensor, fg_box_losses: Tensor) -> LossSums:
+        num_classes = logits.shape[-1]
+        valid = labels >= 0
+        cls = sigmoid_focal_loss(logits, one_hot_targets(labels, num_classes, logits.dtype), self.alpha, self.gamma)
+        cls = cls.sum(dim=-1) * valid  # (N, R)
+        box = torch.zeros_like(cls)
+        box[_foreground(labels, num_classes)] = fg_box_losses.to(box.dtype)
+        selected = torch.zeros_like(valid)
+        for i in range(labels.shape[0]):
+            picked = ohem_select(
+                (cls[i] + box[i]).detach(), anchors, labels[i], num_classes,
+                self.batch_size_per_image, self.fg_fraction, self.nms_thresh,
+            )
+            selected[i, picked] = True
+        return LossSums(cls[selected].sum(), box[selected].sum(), selected.sum())
+
+
+# MODEL.FOCAL_RETINANET.LOSS -> loss class.
+CLASSIFICATION_LOSSES: Dict[str, type] = {"focal": FocalLoss, "focal_star": FocalLossStar, "ohem": OhemLoss}
+
+
+def build_classification_loss(cfg) -> FocalLoss:
+    """The loss that MODEL.FOCAL_RETINANET.LOSS names, from its config keys; ValueError naming the
+    key whose value is out of range."""
+    name = retinanet_node(cfg).LOSS
+    if name not in CLASSIFICATION_LOSSES:
+        raise ValueError(f"MODEL.FOCAL_RETINANET.LOSS must be one of {tuple(CLASSIFICATION_LOSSES)}, got {name!r}")
+    loss_class = CLASSIFICATION_LOSSES[name]
+    kwargs = loss_class.from_config(cfg)
+    try:
+        return loss_class(**kwargs)
+    except ValueError as error:
+        keys = ", ".join(f"{loss_class.CONFIG_KEYS[k]}={v!r}" for k, v in kwargs.items())
+        raise ValueError(f"{error} (from the config: {keys})") from error

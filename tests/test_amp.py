@@ -1,0 +1,177 @@
+"""Mixed precision: losses exact in float32 under autocast, no subnormal gradients, AMP training on CPU
+(bfloat16) through train_net's Trainer, checkpoints that cross between AMP and float32, and float32
+detections from reduced-precision inference."""
+import os
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+import retinanet_d2
+from helpers import CONFIGS, image_with_boxes, tiny_cfg, well_scaled_model
+from retinanet_d2.amp import MixedPrecisionTrainer, amp_dtype, inference_autocast
+from retinanet_d2.modeling.losses import focal_loss_from_labels, sigmoid_focal_loss, sigmoid_focal_loss_star
+
+DEVICES = [("cpu", torch.bfloat16)] + [("cuda", torch.float16), ("cuda", torch.bfloat16)] * torch.cuda.is_available()
+
+
+def autocast_logits(device, dtype, shape=(4000, 6), seed=0):
+    """Logits as autocast makes them (a conv's output in ``dtype``), saturated ones included."""
+    generator = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(8, shape[1], 1).to(device)
+    x = torch.randn(1, 8, shape[0], 1, generator=generator).to(device) * 3
+    with torch.autocast(device, dtype=dtype):
+        logits = conv(x)[0, :, :, 0].t() * 8
+    assert logits.dtype == dtype
+    return logits
+
+
+LOSSES = {
+    "focal_from_labels": lambda x, labels, t: focal_loss_from_labels(x, labels, 0.25, 2.0),
+    "sigmoid_focal_loss": lambda x, labels, t: sigmoid_focal_loss(x, t, 0.25, 2.0, "sum"),
+    "alpha_ce": lambda x, labels, t: sigmoid_focal_loss(x, t, 0.75, 0.0, "sum"),
+    "fl_star": lambda x, labels, t: sigmoid_focal_loss_star(x, t, 0.25, 2.0, 1.0, "sum"),
+}
+
+
+@pytest.mark.parametrize("device,dtype", DEVICES)
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_losses_under_autocast_equal_float32_on_the_same_rounded_logits(device, dtype, name):
+    logits = autocast_logits(device, dtype).detach().requires_grad_()
+    labels = torch.randint(-1, 7, (logits.shape[0],), generator=torch.Generator().manual_seed(1)).to(device)
+    targets = (labels[:, None] == torch.arange(6, device=device)).float()
+    with torch.autocast(device, dtype=dtype):
+        loss = LOSSES[name](logits, labels, targets)
+    loss.backward()
+    reference_logits = logits.detach().float().requires_grad_()
+    reference = LOSSES[name](reference_logits, labels, targets)
+    reference.backward()
+    assert loss.dtype == torch.float32
+    assert torch.equal(loss, reference)
+    # The gradient reaching the half-precision logits is the float32 gradient, rounded once.
+    assert torch.equal(logits.grad, reference_logits.grad.to(dtype))
+
+
+@pytest.mark.parametrize("loss", ["focal", "focal_star", "ohem"])
+def test_model_losses_under_autocast_are_float32_and_match(loss):
+    cfg = tiny_cfg(**{"MODEL.FOCAL_RETINANET.LOSS": loss})
+    model = well_scaled_model(cfg).train()
+    batch = [image_with_boxes(seed=s) for s in (0, 1)]
+    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = model.backbone(model.preprocess_image(batch).tensor)
+        logits, deltas = model.head([features[f] for f in model.head_in_features])
+        amp_losses = model.forward_training(model.preprocess_image(batch), [features[f] for f in model.head_in_features], (logits, deltas), [b["instances"] for b in batch])
+    float_losses = model.forward_training(
+        model.preprocess_image(batch), [features[f].float() for f in model.head_in_features],
+        ([x.float() for x in logits], [x.float() for x in deltas]), [b["instances"] for b in batch],
+    )
+    for key in ("loss_cls", "loss_box_reg"):
+        assert amp_losses[key].dtype == torch.float32
+        torch.testing.assert_close(amp_losses[key], float_losses[key], rtol=1e-6, atol=0)
+
+
+def test_saturated_negatives_give_zero_not_subnormal_gradients():
+    """Logits in [-100, -20], targets 0, gamma 2: the exact gradient is below float32's smallest
+    normal for most of them; those are 0, every normal-range one is unchanged."""
+    x64 = torch.linspace(-100, -20, 4001, dtype=torch.float64)
+    x = x64.float().requires_grad_()
+    sigmoid_focal_loss(x, torch.zeros_like(x), 0.25, 2.0, "sum").backward()
+    tiny = torch.finfo(torch.float32).tiny
+    grad = x.grad.double()
+    subnormal = (grad != 0) & (grad.abs() < tiny)
+    assert not subnormal.any()
+    # Reference: the paper's eq. 10 in float64 (y = -1): -(1 - p_t)^2 (2 p_t log p_t + p_t - 1) * 0.75.
+    p_t = torch.sigmoid(-x64)
+    reference = -0.75 * (1 - p_t) ** 2 * (2 * p_t * torch.log(p_t) + p_t - 1)
+    normal, below = reference.abs() >= tiny * 1.001, reference.abs() < tiny * 0.999
+    assert normal.sum() > 100 and below.sum() > 100  # both ranges exercised
+    # Normal-range gradients keep their accuracy; just above the threshold, where intermediates such
+    # as (1 - p_t)^2 are subnormal themselves, to 1%.
+    accurate = reference.abs() >= 1e-33
+    torch.testing.assert_close(grad[accurate], reference[accurate], rtol=1e-4, atol=0)
+    torch.testing.assert_close(grad[normal & ~accurate], reference[normal & ~accurate], rtol=1e-2, atol=0)
+    assert (grad[below] == 0).all()
+
+
+def test_fused_label_loss_has_no_subnormal_gradients():
+    logits = torch.linspace(-100, -20, 3000).reshape(1000, 3).requires_grad_()
+    focal_loss_from_labels(logits, torch.full((1000,), 3), 0.25, 2.0).backward()
+    grad = logits.grad
+    assert not ((grad != 0) & (grad.abs() < torch.finfo(torch.float32).tiny)).any()
+    assert (grad != 0).sum() > 100
+
+
+def test_amp_dtype_by_device_and_key():
+    cfg = tiny_cfg()
+    assert amp_dtype(cfg) == torch.bfloat16  # CPU
+    cfg.MODEL.FOCAL_RETINANET.AMP_DTYPE = "float16"
+    assert amp_dtype(cfg) == torch.float16
+    cfg.MODEL.FOCAL_RETINANET.AMP_DTYPE = "half"
+    with pytest.raises(ValueError, match="MODEL.FOCAL_RETINANET.AMP_DTYPE.*'half'"):
+        amp_dtype(cfg)
+
+
+def test_bfloat16_training_steps_are_finite_and_decrease_the_loss():
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model = build_model(cfg).train()  # the paper's initialisation (prior bias)
+    batch = [image_with_boxes(seed=0), image_with_boxes(seed=1)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    trainer = MixedPrecisionTrainer(model, [batch] * 8, optimizer, device_type="cpu", dtype=torch.bfloat16)
+    assert not trainer.grad_scaler.is_enabled()  # bfloat16 needs no loss scaling
+    totals = []
+    with EventStorage() as storage:
+        trainer.storage = storage
+        for _ in range(8):
+            trainer.iter = storage.iter
+            trainer.run_step()
+            totals.append(storage.history("total_loss").latest())
+            storage.step()
+    assert all(torch.isfinite(torch.tensor(totals)))
+    assert max(totals[4:]) < totals[0]  # every later step below the first (momentum makes it noisy)
+
+
+INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
+
+
+def _train(tmp_path, amp: bool, max_iter: int, resume: bool):
+    import sys
+
+    from test_train_net import run_train_net
+
+    args = ["--config-file", INSTANT, "OUTPUT_DIR", str(tmp_path), "SOLVER.AMP.ENABLED", str(amp),
+            "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "3", "TEST.EVAL_PERIOD", "0"]
+    return run_train_net(*(["--resume"] if resume else []), *args)
+
+
+@pytest.mark.parametrize("first_amp", [True, False], ids=["amp_then_float32", "float32_then_amp"])
+def test_checkpoints_resume_across_precisions(tmp_path, first_amp):
+    _train(tmp_path, first_amp, 3, resume=False)
+    checkpoint = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert checkpoint["iteration"] == 2
+    assert ("grad_scaler" in checkpoint["trainer"]["_trainer"]) == first_amp
+    log = _train(tmp_path, not first_amp, 5, resume=True)
+    iters = [int(i) for i in re.findall(r"iter: (\d+)", log)]
+    assert iters and min(iters) >= 3 and max(iters) == 4  # continued from iteration 3, not from 0
+    resumed = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert resumed["iteration"] == 4 and ("grad_scaler" in resumed["trainer"]["_trainer"]) != first_amp
+
+
+def test_reduced_precision_inference_returns_float32_detections():
+    cfg = tiny_cfg(**{"MODEL.FOCAL_RETINANET.TEST_AMP": True})
+    model = well_scaled_model(cfg).eval()
+    image = image_with_boxes(seed=2)["image"]
+    with torch.no_grad():
+        full = model([{"image": image}])[0]["instances"]
+        with inference_autocast(cfg):
+            reduced = model([{"image": image}])[0]["instances"]
+            assert torch.is_autocast_enabled("cpu")
+    assert reduced.pred_boxes.tensor.dtype == reduced.scores.dtype == torch.float32
+    assert len(reduced) > 10
+    # bfloat16 keeps 8 bits of mantissa: the highest-scoring detection is the same box, roughly.
+    torch.testing.assert_close(reduced.scores[0], full.scores[0], atol=0.05, rtol=0)
+    assert (reduced.pred_boxes.tensor[0] - full.pred_boxes.tensor[0]).abs().max() < 8
