@@ -4,10 +4,12 @@
     python train_net.py --config-file configs/retinanet_R50_FPN_1x.yaml --num-gpus 8
     python train_net.py --config-file configs/retinanet_R50_FPN_1x.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file configs/torchvision/retinanet_resnet50_fpn.yaml --eval-only
+    python train_net.py --config-file configs/lazy/retinanet_R50_FPN_1x.py --num-gpus 8 train.max_iter=90000
 """
 import os
 import weakref
 
+from detectron2.config import LazyConfig
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator
 
@@ -15,8 +17,9 @@ import retinanet_d2
 from retinanet_d2.amp import MixedPrecisionTrainer, amp_dtype, device_type, inference_autocast
 from retinanet_d2.checkpoint import RetinaNetCheckpointer
 from retinanet_d2.compat import default_trainer_saves_optimizer, replace_train_loader
-from retinanet_d2.data import check_dataset_files, check_num_classes
+from retinanet_d2.data import check_dataset_files, check_num_classes, register_coco_dataset
 from retinanet_d2.data.resumable import build_resumable_train_loader
+from retinanet_d2.lazy_engine import lazy_eval_only, lazy_train
 from retinanet_d2.weights import resolve_weights
 
 
@@ -84,14 +87,37 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
-    cfg = retinanet_d2.load_config(args.config_file, args.opts)
-    cfg.freeze()
+    """The config of ``args``: a yacs file (.yaml) with this project's node, or a LazyConfig file
+    (.py), with the command line's overrides (KEY VALUE pairs for yacs, key=value for LazyConfig)."""
+    if args.config_file.endswith(".py"):
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    else:
+        cfg = retinanet_d2.load_config(args.config_file, args.opts)
+        cfg.freeze()
     default_setup(cfg, args)
     return cfg
 
 
+def argument_parser():
+    """detectron2's default_argument_parser with --dataset NAME JSON IMAGE_DIR (repeatable)."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help="register a COCO-format dataset (instances json + image folder) as NAME before the "
+        "loaders are built; then name it in DATASETS.TRAIN / DATASETS.TEST (yacs) or "
+        "dataloader.train.dataset.names / dataloader.test.dataset.names (LazyConfig)",
+    )
+    return parser
+
+
 def main(args):
+    for name, json_file, image_root in getattr(args, "dataset", []):  # in every process
+        register_coco_dataset(name, json_file, image_root)
     cfg = setup(args)
+    if args.config_file.endswith(".py"):  # LazyConfig (retinanet_d2/lazy_engine.py)
+        if args.eval_only:
+            return lazy_eval_only(cfg, resume=args.resume)
+        return lazy_train(cfg, resume=args.resume)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         RetinaNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
@@ -106,7 +132,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     launch(
         main,
         args.num_gpus,

@@ -15,6 +15,8 @@ import torch
 
 from detectron2.engine import AMPTrainer
 
+from .config import retinanet_node
+
 # Values accepted by MODEL.FOCAL_RETINANET.AMP_DTYPE ("" picks by device: see amp_dtype).
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -24,25 +26,31 @@ def device_type(cfg) -> str:
     return torch.device(cfg.MODEL.DEVICE).type
 
 
-def amp_dtype(cfg) -> torch.dtype:
-    """The autocast dtype: MODEL.FOCAL_RETINANET.AMP_DTYPE, or by default float16 on CUDA (as
-    detectron2's AMPTrainer) and bfloat16 on CPU (CPU autocast's only fast dtype)."""
-    name = cfg.MODEL.FOCAL_RETINANET.AMP_DTYPE
+def resolve_amp_dtype(name: str, device: str, key: str = "MODEL.FOCAL_RETINANET.AMP_DTYPE") -> torch.dtype:
+    """The autocast dtype ``name`` ("float16", "bfloat16"), or for "" the default of ``device``
+    ("cuda" or "cpu"): float16 on CUDA (as detectron2's AMPTrainer), bfloat16 on CPU (CPU autocast's
+    fast dtype). ValueError naming ``key`` for another name."""
     if not name:
-        return torch.float16 if device_type(cfg) == "cuda" else torch.bfloat16
+        return torch.float16 if device == "cuda" else torch.bfloat16
     if name not in AMP_DTYPES:
-        raise ValueError(
-            f"MODEL.FOCAL_RETINANET.AMP_DTYPE must be one of {sorted(AMP_DTYPES)} or '' (by device), got {name!r}"
-        )
+        raise ValueError(f"{key} must be one of {sorted(AMP_DTYPES)} or '' (by device), got {name!r}")
     return AMP_DTYPES[name]
+
+
+def amp_dtype(cfg) -> torch.dtype:
+    """resolve_amp_dtype of a yacs config's MODEL.FOCAL_RETINANET.AMP_DTYPE and MODEL.DEVICE."""
+    return resolve_amp_dtype(retinanet_node(cfg).AMP_DTYPE, device_type(cfg))
+
+
+def autocast_if(enabled: bool, device: str, dtype: torch.dtype):
+    """torch.autocast(device, dtype) if ``enabled``, else a context that does nothing."""
+    return torch.autocast(device, dtype=dtype) if enabled else contextlib.nullcontext()
 
 
 def inference_autocast(cfg):
     """A context that runs inference under autocast in amp_dtype(cfg) when
     MODEL.FOCAL_RETINANET.TEST_AMP is set, and does nothing otherwise."""
-    if not cfg.MODEL.FOCAL_RETINANET.TEST_AMP:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type(cfg), dtype=amp_dtype(cfg))
+    return autocast_if(retinanet_node(cfg).TEST_AMP, device_type(cfg), amp_dtype(cfg))
 
 
 class MixedPrecisionTrainer(AMPTrainer):

@@ -6,6 +6,7 @@ timings are synchronised. Peak training memory is measured in a fresh subprocess
 RSS growth over the step; CUDA: ``max_memory_allocated``).
 """
 import contextlib
+import io
 import json
 import os
 import statistics
@@ -14,14 +15,16 @@ import sys
 import time
 from typing import Callable, Dict, Iterator, List
 
+import numpy as np
 import torch
 
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from .amp import autocast_if, resolve_amp_dtype
 from .config import load_config
-from .modeling.anchors import octave_anchor_sizes
+from .reference import detectron2_retinanet_cfg
 from .modeling.losses import focal_loss_from_labels, sigmoid_focal_loss
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "retinanet_R50_FPN_1x.yaml")
@@ -33,20 +36,6 @@ def benchmark_configs(device: str, num_classes: int = 80):
         CONFIG, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device, "MODEL.RETINANET.NUM_CLASSES", num_classes]
     )
     return cfg, detectron2_retinanet_cfg(cfg)
-
-
-def detectron2_retinanet_cfg(cfg):
-    """The same model as ``cfg`` (a P3-P7 FocalRetinaNet config) for detectron2's built-in RetinaNet."""
-    ref_cfg = cfg.clone()
-    ref_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
-    ref_cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
-    ref_cfg.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
-    ref_cfg.MODEL.ANCHOR_GENERATOR.SIZES = octave_anchor_sizes(
-        [8, 16, 32, 64, 128],
-        cfg.MODEL.FOCAL_RETINANET.OCTAVE_BASE_SCALE,
-        cfg.MODEL.FOCAL_RETINANET.SCALES_PER_OCTAVE,
-    )
-    return ref_cfg
 
 
 def build_pair(device: str):
@@ -100,13 +89,9 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], device: str, repea
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def autocast_dtype(device: str) -> torch.dtype:
-    """The mixed-precision dtype of ``device``: float16 on CUDA, bfloat16 on CPU (amp.py's default)."""
-    return torch.float16 if device.startswith("cuda") else torch.bfloat16
-
-
-def _maybe_autocast(device: str, dtype):
-    return torch.autocast(torch.device(device).type, dtype=dtype) if dtype else contextlib.nullcontext()
+def _autocast(device: str, dtype):
+    """Autocast in ``dtype`` on ``device`` ("cpu", "cuda:0", ...), or nothing for dtype None."""
+    return autocast_if(dtype is not None, torch.device(device).type, dtype)
 
 
 def train_step(model, batch, device: str = "cpu", dtype=None):
@@ -114,7 +99,7 @@ def train_step(model, batch, device: str = "cpu", dtype=None):
     (a GradScaler's scaling is one multiply: not timed)."""
     model.train()
     model.zero_grad(set_to_none=True)
-    with EventStorage(), _maybe_autocast(device, dtype):
+    with EventStorage(), _autocast(device, dtype):
         losses = model(batch)
     sum(losses.values()).backward()
 
@@ -136,7 +121,7 @@ def saturate_logits(model, bias: float = -32.0) -> None:
 
 def inference(model, images, device: str = "cpu", dtype=None):
     model.eval()
-    with torch.no_grad(), _maybe_autocast(device, dtype):
+    with torch.no_grad(), _autocast(device, dtype):
         return model(images)
 
 
@@ -221,6 +206,62 @@ def focal_loss_micro(device: str, repeats: int, anchors: int = 200_000, classes:
     )
 
 
+def synthetic_coco(num_images: int, detections_per_image: int, num_classes: int = 80, seed: int = 0):
+    """A COCO-like ground truth (dict in COCO json layout; 1-12 boxes of 4-300 px per 640x480 image,
+    3% crowd) and ``detections_per_image`` results per image (jittered copies of the boxes, some with
+    the wrong class, and random boxes), as COCO results (list of dicts)."""
+    rng = np.random.RandomState(seed)
+    images, annotations, results = [], [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "width": 640, "height": 480, "file_name": f"{image_id:012d}.jpg"})
+        count = rng.randint(1, 13)
+        xy = rng.uniform(0, 1, (count, 2)) * [560, 400]
+        wh = rng.uniform(4, 300, (count, 2)) * rng.uniform(0.3, 1, (count, 1))
+        classes = rng.randint(1, num_classes + 1, count)
+        for (x, y), (w, h), c in zip(xy, wh, classes):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(c),
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": int(rng.rand() < 0.03)})
+        source = rng.randint(0, count, detections_per_image)
+        jitter = rng.randn(detections_per_image, 4) * [6, 6, 0.15, 0.15]
+        random_box = rng.rand(detections_per_image) < 0.5
+        for i in range(detections_per_image):
+            x, y = xy[source[i]] + jitter[i, :2]
+            w, h = wh[source[i]] * np.exp(jitter[i, 2:])
+            c = classes[source[i]] if rng.rand() < 0.8 else rng.randint(1, num_classes + 1)
+            if random_box[i]:
+                x, y, w, h = rng.uniform(0, 560), rng.uniform(0, 400), rng.uniform(4, 200), rng.uniform(4, 200)
+            results.append({"image_id": image_id, "category_id": int(c), "bbox": [float(x), float(y), float(w), float(h)],
+                            "score": float(rng.rand())})
+    categories = [{"id": c, "name": f"class {c}"} for c in range(1, num_classes + 1)]
+    return {"images": images, "annotations": annotations, "categories": categories}, results
+
+
+def coco_evaluation_seconds(num_images: int = 5000, detections_per_image: int = 100):
+    """Seconds of evaluate + accumulate + summarize of pycocotools' COCOeval and faster-coco-eval's
+    COCOeval_faster on synthetic_coco(...), and both runs' 12 metrics."""
+    from faster_coco_eval import COCOeval_faster
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt, results = synthetic_coco(num_images, detections_per_image)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(results)
+    seconds, stats = {}, {}
+    for name, evaluator in (("pycocotools", COCOeval), ("faster-coco-eval", COCOeval_faster)):
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            run = evaluator(coco_gt, coco_dt, "bbox")
+            run.evaluate()
+            run.accumulate()
+            run.summarize()
+        seconds[name] = time.perf_counter() - start
+        stats[name] = [float(v) for v in run.stats[:12]]
+    return seconds, stats
+
+
 def _proc_status_kib(field: str) -> int:
     """A memory field of /proc/self/status (VmRSS, VmHWM) in KiB."""
     with open("/proc/self/status") as f:
@@ -267,7 +308,7 @@ def run(device: str, repeats: int) -> Iterator[List[str]]:
 
     ours, ref = build_pair(device)
     ours.to(device), ref.to(device)
-    amp = autocast_dtype(device)
+    amp = resolve_amp_dtype("", torch.device(device).type)
     amp_name = str(amp).replace("torch.", "")
     batch = training_batch(device)
     step = interleaved_medians(
@@ -315,6 +356,12 @@ def run(device: str, repeats: int) -> Iterator[List[str]]:
     micro = focal_loss_micro(device, repeats)
     for name in ("ours (targets)", "ours (labels)"):
         yield row(f"focal loss 200k x 80 fwd+bwd: {name} vs fvcore jit", micro[name], micro["fvcore jit"])
+
+    seconds, stats = coco_evaluation_seconds()
+    same = "same" if np.allclose(stats["faster-coco-eval"], stats["pycocotools"], rtol=0, atol=1e-12) else "DIFFERENT"
+    yield [f"COCO eval 5000 img x 100 dets ({same} metrics): faster-coco-eval vs pycocotools",
+           f"{seconds['faster-coco-eval'] * 1000:.0f} ms", f"{seconds['pycocotools'] * 1000:.0f} ms",
+           f"{seconds['faster-coco-eval'] / seconds['pycocotools']:.2f}"]
 
     memory_ours = peak_training_memory("ours", device)
     memory_ref = peak_training_memory("detectron2", device)

@@ -1,4 +1,4 @@
-"""The bridges over detectron2 0.6's gaps (retinanet_d2/compat.py), tested on the installed
+"""The bridges over detectron2 0.6's gaps (retinanet_d2/source_bridges.py), tested on the installed
 detectron2. Skipped where an official detectron2 with compiled ops is installed (nothing bridged)."""
 import inspect
 import os
@@ -10,21 +10,22 @@ import torch
 from PIL import Image
 
 from retinanet_d2 import compat
+from retinanet_d2 import source_bridges as bridges
 
 bridged = pytest.mark.skipif(compat.has_compiled_ops(), reason="official detectron2: not bridged")
 
 
 def test_bridge_rewrites_and_refuses_an_unknown_source():
-    bridge = compat.SourceBridge("x.py", r"np\.int\b", "int", "why")
-    assert compat.bridge_source_text("a = np.int(3)", bridge) == "a = int(3)"
-    with pytest.raises(compat.BridgeError, match="x.py"):
-        compat.bridge_source_text("a = 3", bridge)
+    bridge = bridges.SourceBridge("x.py", r"np\.int\b", "int", "why")
+    assert bridges.bridge_source_text("a = np.int(3)", bridge) == "a = int(3)"
+    with pytest.raises(bridges.BridgeError, match="x.py"):
+        bridges.bridge_source_text("a = 3", bridge)
 
 
 def test_numpy_alias_pattern_leaves_sized_types_alone():
-    bridge = next(b for b in compat.SOURCE_BRIDGES if b.path == "detectron2/data/build.py")
+    bridge = next(b for b in bridges.SOURCE_BRIDGES if b.path == "detectron2/data/build.py")
     text = "np.zeros(3, dtype=np.int)\nnp.int64(1)\nx.astype(np.bool)\nnp.float32"
-    assert compat.bridge_source_text(text, bridge) == (
+    assert bridges.bridge_source_text(text, bridge) == (
         "np.zeros(3, dtype=int)\nnp.int64(1)\nx.astype(bool)\nnp.float32"
     )
 
@@ -62,11 +63,12 @@ def test_model_zoo_configs_without_pkg_resources():
 
 
 @bridged
-def test_coco_evaluator_uses_pycocotools_cocoeval():
-    from detectron2.evaluation import coco_evaluation
-    from pycocotools.cocoeval import COCOeval
+def test_coco_evaluator_uses_a_compiled_cocoeval():
+    from faster_coco_eval import COCOeval_faster
 
-    assert coco_evaluation.COCOeval_opt is COCOeval
+    from detectron2.evaluation import coco_evaluation
+
+    assert coco_evaluation.COCOeval_opt is COCOeval_faster
 
 
 @bridged

@@ -12,11 +12,13 @@ from torchvision.models.detection import retinanet_resnet50_fpn
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.utils.testing import convert_scripted_instances
 
 import retinanet_d2
 from helpers import REPO, image_with_boxes, tiny_cfg, well_scaled_model
 from retinanet_d2.checkpoint import RetinaNetCheckpointer
-from retinanet_d2.export import export_onnx, trace
+from retinanet_d2.export import export_onnx, script, trace
 from retinanet_d2.predict import IMAGE_IDS_FILE, RESULTS_FILE, image_ids
 from test_weights import HEIGHT, WIDTH, assert_same_detection_sets, torchvision_detections
 from weights_files import detectron_blobs, randomize_norms, torchvision_reference, write_pickle
@@ -113,7 +115,8 @@ def test_torchscript_matches_the_eager_model(traced_tiny_model, image, tmp_path)
 
 @pytest.mark.parametrize("image", IMAGES)
 def test_onnx_matches_the_eager_model(traced_tiny_model, image, tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime")
+    import onnxruntime  # in requirements.txt
+
     model, _, adapter = traced_tiny_model
     path = str(tmp_path / "model.onnx")
     export_onnx(adapter, image_with_boxes(**IMAGES[0])["image"], path)
@@ -129,13 +132,12 @@ def test_export_tool_writes_a_torchscript_that_matches_the_model(tmp_path):
     torch.save({"model": well_scaled_model(cfg).state_dict()}, tmp_path / "model.pth")
     rgb = np.random.RandomState(0).randint(0, 256, (128, 160, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "sample.png"), rgb[:, :, ::-1])
-    with_onnx = importlib.util.find_spec("onnx") is not None
     status = load_tool("export_model").main([
         "--config-file", config, "--sample-image", str(tmp_path / "sample.png"), "--output", str(tmp_path / "out"),
-        *(["--onnx"] if with_onnx else []), "MODEL.WEIGHTS", str(tmp_path / "model.pth"), "MODEL.DEVICE", "cpu",
+        "--onnx", "MODEL.WEIGHTS", str(tmp_path / "model.pth"), "MODEL.DEVICE", "cpu",
     ])
     assert status == 0
-    assert sorted(os.listdir(tmp_path / "out")) == (["model.onnx", "model.ts"] if with_onnx else ["model.ts"])
+    assert sorted(os.listdir(tmp_path / "out")) == ["model.onnx", "model.ts"]
     model = build_model(cfg).eval()
     RetinaNetCheckpointer(model).load(str(tmp_path / "model.pth"))
     image = image_with_boxes(height=128, width=160, seed=3)["image"][[2, 1, 0]]  # any (3, H, W) input
@@ -173,3 +175,77 @@ def test_predict_with_a_detectron_pickle_gives_the_reference_detections(tmp_path
     with open(MetadataCatalog.get("shapes_tiny_val").json_file) as f:
         category_ids = sorted(c["id"] for c in json.load(f)["categories"])
     assert [r["category_id"] for r in results] == [category_ids[c] for c in expected.pred_classes.tolist()]
+
+
+def scripted_detections(scripted, images):
+    """The scripted model's detections of (3, H, W) images, postprocessed as the eager model does
+    (detector_postprocess to the input size: clipped, empty boxes dropped), as tensors per image."""
+    with torch.no_grad():
+        results = scripted([{"image": x} for x in images])
+    processed = [detector_postprocess(convert_scripted_instances(r), *x.shape[1:]) for r, x in zip(results, images)]
+    return [(r.pred_boxes.tensor, r.scores, r.pred_classes) for r in processed]
+
+
+def test_scripted_model_matches_the_eager_model(tmp_path):
+    """In the style of detectron2's own scripting test: scripted (saved and reloaded) and eager
+    outputs agree on images of two sizes, also with clipping before NMS and per-level thresholds."""
+    for overrides in ({}, {"MODEL.FOCAL_RETINANET.CLIP_BOXES_BEFORE_NMS": True,
+                           "MODEL.FOCAL_RETINANET.LEVEL_SCORE_THRESH_TEST": [0.05, 0.05, 0.05, 0.05, 0.0]}):
+        model = well_scaled_model(tiny_cfg(**overrides)).eval()
+        path = str(tmp_path / "scripted.ts")
+        script(model).save(path)
+        scripted = torch.jit.load(path)
+        images = [image_with_boxes(seed=0)["image"], image_with_boxes(seed=2, height=96, width=300)["image"]]
+        with torch.no_grad():  # one batch (padded together) for both
+            eager_outputs = model([{"image": x} for x in images])
+        for output, (boxes, scores, classes) in zip(eager_outputs, scripted_detections(scripted, images)):
+            eager = output["instances"]
+            assert len(eager) == len(scores) > 10
+            torch.testing.assert_close(boxes, eager.pred_boxes.tensor, atol=1e-4, rtol=0)
+            torch.testing.assert_close(scores, eager.scores, atol=1e-6, rtol=0)
+            assert torch.equal(classes, eager.pred_classes)
+
+
+def test_exports_of_a_model_trained_under_amp_match_it(tmp_path):
+    """A model trained with bfloat16 autocast keeps float32 weights: tracing and scripting work."""
+    from detectron2.utils.events import EventStorage
+
+    from retinanet_d2.amp import MixedPrecisionTrainer
+
+    model = well_scaled_model(tiny_cfg()).train()
+    batch = [image_with_boxes(seed=0), image_with_boxes(seed=1)]
+    trainer = MixedPrecisionTrainer(model, [batch] * 2, torch.optim.SGD(model.parameters(), lr=1e-3),
+                                    device_type="cpu", dtype=torch.bfloat16)
+    with EventStorage() as storage:
+        trainer.storage = storage
+        for _ in range(2):
+            trainer.run_step()
+            storage.step()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    model.eval()
+    x = image_with_boxes(seed=3)["image"]
+    traced, adapter = trace(model, x)
+    with torch.no_grad():
+        assert_same(*eager_and_exported(model, adapter, traced(x), x), atol=1e-4)
+    (boxes, scores, classes), = scripted_detections(script(model), [x])
+    with torch.no_grad():
+        eager = model([{"image": x}])[0]["instances"]
+    torch.testing.assert_close(boxes, eager.pred_boxes.tensor, atol=1e-4, rtol=0)
+    assert torch.equal(classes, eager.pred_classes)
+
+
+def test_export_tool_scripts(tmp_path):
+    config = os.path.join(REPO, "configs", "shapes_instant_test.yaml")
+    cfg = retinanet_d2.load_config(config, ["MODEL.DEVICE", "cpu"])
+    model = well_scaled_model(cfg).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "model.pth")
+    status = load_tool("export_model").main([
+        "--export-method", "scripting", "--config-file", config, "--output", str(tmp_path / "out"),
+        "MODEL.WEIGHTS", str(tmp_path / "model.pth"), "MODEL.DEVICE", "cpu",
+    ])
+    assert status == 0 and os.listdir(tmp_path / "out") == ["model.ts"]
+    x = image_with_boxes(height=128, width=160, seed=3)["image"]
+    (boxes, scores, _), = scripted_detections(torch.jit.load(str(tmp_path / "out" / "model.ts")), [x])
+    with torch.no_grad():
+        eager = model([{"image": x}])[0]["instances"]
+    torch.testing.assert_close(scores, eager.scores, atol=1e-6, rtol=0)

@@ -27,7 +27,7 @@ def main():
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args()
 
-    train_args = train_net.default_argument_parser().parse_args(
+    train_args = train_net.argument_parser().parse_args(
         ["--config-file", args.config_file, *args.opts]
     )
     train_net.main(train_args)  # trains, then evaluates the test split (COCOEvaluator)

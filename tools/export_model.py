@@ -1,14 +1,18 @@
 #!/usr/bin/env python
-"""Export a FocalRetinaNet (config + MODEL.WEIGHTS in any accepted format) by tracing with
-detectron2's TracingAdapter: TorchScript, and ONNX where the onnx package is installed.
+"""Export a FocalRetinaNet (config + MODEL.WEIGHTS in any accepted format) as TorchScript, by
+tracing with detectron2's TracingAdapter (and ONNX where the onnx package is installed) or by
+scripting with detectron2's scripting_with_instances.
 
     python tools/export_model.py --config-file configs/retinanet_R50_FPN_1x.yaml \\
         --sample-image street.jpg --output exported/ [--onnx] \\
         MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
+    python tools/export_model.py --export-method scripting --config-file configs/retinanet_R50_FPN_1x.yaml \\
+        --output exported/ MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
 
-Writes OUTPUT/model.ts, and OUTPUT/model.onnx with --onnx. Input: one (3, H, W) float image in
-cfg.INPUT.FORMAT and 0-255 range, already resized as at test time; outputs: the detections' boxes
-(XYXY, input pixels), classes and scores, flattened as TracingAdapter lists them.
+Writes OUTPUT/model.ts, and OUTPUT/model.onnx with --onnx. Traced: input one (3, H, W) float image in
+cfg.INPUT.FORMAT and 0-255 range, already resized as at test time; outputs the detections' boxes
+(XYXY, input pixels), classes and scores, flattened as TracingAdapter lists them. Scripted: input
+[{"image": (3, H, W)}, ...], output one Instances per image (see retinanet_d2/export.py).
 """
 import argparse
 import os
@@ -18,26 +22,36 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
 import retinanet_d2  # noqa: E402
-from retinanet_d2.export import export_onnx, trace  # noqa: E402
+from retinanet_d2.export import export_onnx, script, trace  # noqa: E402
 from retinanet_d2.predict import Predictor  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--sample-image", required=True, help="an image to trace the model on")
+    parser.add_argument("--export-method", choices=("tracing", "scripting"), default="tracing")
+    parser.add_argument("--sample-image", help="an image to trace the model on (tracing)")
     parser.add_argument("--output", required=True, help="folder for model.ts / model.onnx")
-    parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx)")
+    parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx; tracing)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    tracing = args.export_method == "tracing"
+    if tracing and not args.sample_image:
+        parser.error("--export-method tracing needs --sample-image")
+    if args.onnx and not tracing:
+        parser.error("--onnx needs --export-method tracing")
     cfg = retinanet_d2.load_config(args.config_file, args.opts)
     cfg.freeze()
 
     predictor = Predictor(cfg)
+    os.makedirs(args.output, exist_ok=True)
+    if not tracing:
+        script(predictor.model).save(os.path.join(args.output, "model.ts"))
+        print(f"[export_model] scripted TorchScript -> {args.output}")
+        return 0
     image = read_image(args.sample_image, format=cfg.INPUT.FORMAT)
     tensor = predictor.preprocess(image).to(cfg.MODEL.DEVICE)
     traced, adapter = trace(predictor.model, tensor)
-    os.makedirs(args.output, exist_ok=True)
     traced.save(os.path.join(args.output, "model.ts"))
     if args.onnx:
         export_onnx(adapter, tensor, os.path.join(args.output, "model.onnx"))

@@ -13,7 +13,7 @@ TORCH_PINS="torch==2.14.1 torchvision==0.29.1"   # the builds this machine kind 
 D2_SDIST="pb1-detectron2==0.6"                    # detectron2 v0.6 Python sources, no compiled ops
 PIP_FOR_D2="pip==25.1"                            # pip 26 refuses the sdist's GitHub extra
 
-want="$(cat requirements.txt setup.py tools/setup_env.sh retinanet_d2/compat.py | sha256sum)"
+want="$(cat requirements.txt setup.py tools/setup_env.sh retinanet_d2/source_bridges.py | sha256sum)"
 if [[ -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
     exit 0
 fi
@@ -37,7 +37,7 @@ else
     trap 'rm -rf "$work"' EXIT
     "$PY" -m pip download --quiet --no-deps --no-build-isolation --no-binary :all: -d "$work" "$D2_SDIST"
     tar -xzf "$work"/pb1-detectron2-0.6.tar.gz -C "$work"
-    "$PY" retinanet_d2/compat.py bridge-sources "$work/pb1-detectron2-0.6"
+    "$PY" retinanet_d2/source_bridges.py "$work/pb1-detectron2-0.6"
     pip_install --no-deps --no-build-isolation --use-pep517 --force-reinstall "$work/pb1-detectron2-0.6"
 fi
 

@@ -1,11 +1,12 @@
-"""Registers the embedded shapes dataset into detectron2's DatasetCatalog / MetadataCatalog, and
-checks that a COCO-format dataset's files exist before a loader is built."""
+"""Registers the embedded shapes dataset and users' COCO-format datasets (``train_net.py --dataset``)
+into detectron2's DatasetCatalog / MetadataCatalog, and checks that a COCO-format dataset's files
+exist before a loader is built."""
 import functools
 import json
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
+from detectron2.data.datasets import load_coco_json, register_coco_instances
 
 from .shapes import CLASSES, SPLITS, ShapesSplit, default_root, generate_split, split_paths
 
@@ -24,6 +25,21 @@ def register_shapes(root: str) -> None:
         MetadataCatalog.get(dataset_name).set(
             thing_classes=list(CLASSES), json_file=json_file, image_root=image_dir, evaluator_type="coco"
         )
+
+
+def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
+    """Register a COCO-format dataset (instances json + image folder) as ``name``, checking its
+    files and categories now; ValueError if ``name`` is taken by another dataset."""
+    if name in DatasetCatalog.list():
+        metadata = MetadataCatalog.get(name)
+        if (metadata.get("json_file"), metadata.get("image_root")) == (json_file, image_root):
+            return  # the same files again (e.g. a second call in the same process)
+        raise ValueError(
+            f"--dataset {name}: that name is already registered (json_file="
+            f"{metadata.get('json_file')}); choose another name"
+        )
+    register_coco_instances(name, {}, json_file, image_root)
+    check_dataset_files(name)
 
 
 def check_dataset_files(dataset_name: str) -> None:
@@ -68,13 +84,13 @@ def check_coco_categories(json_file: str) -> None:
             )
 
 
-def check_num_classes(dataset_name: str, num_classes: int) -> None:
-    """Raise ValueError when MODEL.RETINANET.NUM_CLASSES differs from the dataset's classes
+def check_num_classes(dataset_name: str, num_classes: int, key: str = "MODEL.RETINANET.NUM_CLASSES") -> None:
+    """Raise ValueError naming ``key`` when ``num_classes`` differs from the dataset's classes
     (known once the dataset has been loaded)."""
     classes = MetadataCatalog.get(dataset_name).get("thing_classes")
     if classes is not None and len(classes) != num_classes:
         raise ValueError(
-            f"MODEL.RETINANET.NUM_CLASSES={num_classes}, but dataset '{dataset_name}' has "
+            f"{key}={num_classes}, but dataset '{dataset_name}' has "
             f"{len(classes)} classes ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})"
         )
 

@@ -72,6 +72,7 @@ class FocalLoss(nn.Module):
         """Summed loss of logits (M, K) against labels (M,)."""
         return focal_loss_from_labels(logits, labels, self.alpha, self.gamma)
 
+    @torch.jit.unused  # training only: a scripted (exported) model needs none of it
     def forward(self, anchors: Tensor, logits: Tensor, labels: Tensor, fg_box_losses: Tensor) -> LossSums:
         """
         Args:
@@ -158,6 +159,7 @@ class OhemLoss(FocalLoss):
             "nms_thresh": node.OHEM_NMS_THRESH,
         }
 
+    @torch.jit.unused  # training only
     def forward(self, anchors: Tensor, logits: Tensor, labels: Tensor, fg_box_losses: Tensor) -> LossSums:
         num_classes = logits.shape[-1]
         valid = labels >= 0

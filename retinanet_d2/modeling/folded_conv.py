@@ -20,12 +20,14 @@ class FrozenBNFoldedConv2d(Conv2d):
         norm = self.norm
         scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
         shift = norm.bias - norm.running_mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias * scale
+        bias = self.bias  # locals, so that TorchScript refines the Optional types
+        if bias is not None:
+            shift = shift + bias * scale
         weight = self.weight * scale.reshape(-1, 1, 1, 1)
         x = F.conv2d(x, weight, shift, self.stride, self.padding, self.dilation, self.groups)
-        if self.activation is not None:
-            x = self.activation(x)
+        activation = self.activation
+        if activation is not None:
+            x = activation(x)
         return x
 
 

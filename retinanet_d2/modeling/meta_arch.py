@@ -41,10 +41,10 @@ def concat_levels(per_level: List[Tensor], dim: int) -> Tensor:
     return torch.cat([permute_to_N_HWA_K(x, dim) for x in per_level], dim=1)
 
 
-def topk_count(candidates: Tensor, k: int):
+def topk_count(candidates: Tensor, k: int) -> int:
     """min(k, len(candidates)); a traced tensor while tracing, so that an exported model keeps the
-    number of candidates dynamic instead of the traced input's."""
-    if torch.jit.is_tracing():
+    number of candidates dynamic instead of the traced input's (TorchScript skips that branch)."""
+    if not torch.jit.is_scripting() and torch.jit.is_tracing():
         return torch.clamp(torch._shape_as_tensor(candidates)[0], max=k)
     return min(k, candidates.shape[0])
 
@@ -300,7 +300,9 @@ class FocalRetinaNet(DenseDetector):
         return {"loss_cls": sums.cls / normalizer, "loss_box_reg": sums.box / normalizer}
 
     # ---------------------------------------------------------------- inference
-    def forward_inference(self, images: ImageList, features, predictions) -> List[Instances]:
+    def forward_inference(
+        self, images: ImageList, features: List[Tensor], predictions: Tuple[List[Tensor], List[Tensor]]
+    ) -> List[Instances]:
         logits, deltas = predictions
         anchors = [a.tensor for a in self.anchor_generator(features)]
         # Per level, so that no level size is a Python constant in a traced (exported) model;
@@ -313,7 +315,7 @@ class FocalRetinaNet(DenseDetector):
         ]
 
     def inference_single_image(
-        self, anchors: List[Tensor], scores: List[Tensor], deltas: List[Tensor], image_size
+        self, anchors: List[Tensor], scores: List[Tensor], deltas: List[Tensor], image_size: Tuple[int, int]
     ) -> Instances:
         """Detections of one image.
 

@@ -1,0 +1,15 @@
+# The paper's 1x schedule as a LazyConfig: R50-FPN, 800 px, 16 images, LR 0.01 divided by 10 at 60k
+# and 80k, 90k iterations. Train: python train_net.py --config-file configs/lazy/retinanet_R50_FPN_1x.py
+from detectron2.model_zoo import get_config
+
+from .focal_retinanet_model import model
+
+dataloader = get_config("common/data/coco.py").dataloader
+dataloader.train.mapper.augmentations[0].short_edge_length = (800,)
+dataloader.train.mapper.use_instance_mask = False
+optimizer = get_config("common/optim.py").SGD
+optimizer.lr = 0.01
+lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_1x
+train = get_config("common/train.py").train
+train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+train.max_iter = 90000

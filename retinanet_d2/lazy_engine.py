@@ -1,0 +1,107 @@
+"""Training and evaluating from detectron2's new-style configs (LazyConfig ``.py`` files with
+``model`` / ``dataloader`` / ``optimizer`` / ``lr_multiplier`` / ``train``), which train_net.py runs
+for a ``.py`` config file.
+
+The ``train`` node is detectron2's ``common/train.py`` (output_dir, init_checkpoint, max_iter,
+amp.enabled, ddp, checkpointer, eval_period, log_period, device); this project reads two more optional
+keys: ``train.amp.dtype`` ("float16", "bfloat16" or "" for the device's default) and
+``train.amp.test`` (evaluate under autocast too). Weights load through RetinaNetCheckpointer (every
+format, never running code from the file); training uses detectron2's SimpleTrainer, or
+MixedPrecisionTrainer under AMP (CPU too). Resuming restores the model, optimizer, scheduler and
+iteration; the data loader starts a new pass (the yacs path, train_net.Trainer, also resumes it).
+"""
+import logging
+
+import torch
+
+from detectron2.config import instantiate
+from detectron2.engine import SimpleTrainer, default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from .amp import MixedPrecisionTrainer, autocast_if, resolve_amp_dtype
+from .checkpoint import RetinaNetCheckpointer
+from .data import check_dataset_files, check_num_classes
+from .weights import resolve_weights
+
+logger = logging.getLogger("detectron2")
+
+
+def _amp_settings(cfg):
+    """(train under AMP, test under AMP, device type, dtype) from cfg.train."""
+    amp = cfg.train.get("amp", {})
+    device = torch.device(cfg.train.device).type
+    dtype = resolve_amp_dtype(amp.get("dtype", ""), device, key="train.amp.dtype")
+    return bool(amp.get("enabled", False)), bool(amp.get("test", False)), device, dtype
+
+
+def build_lazy_model(cfg):
+    """cfg.model instantiated on cfg.train.device."""
+    model = instantiate(cfg.model)
+    return model.to(cfg.train.device)
+
+
+def lazy_test(cfg, model):
+    """Evaluate ``model`` on cfg.dataloader.test with cfg.dataloader.evaluator; the results dict
+    (empty if the config has no evaluator)."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    _, test_amp, device, dtype = _amp_settings(cfg)
+    with autocast_if(test_amp, device, dtype):
+        results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def _load(checkpointer: RetinaNetCheckpointer, init_checkpoint: str, resume: bool) -> bool:
+    """Load the last checkpoint of the checkpointer's folder if ``resume`` and there is one (True),
+    else ``init_checkpoint`` (a path or URL; "" for none), failing with its name if unreachable."""
+    resuming = resume and checkpointer.has_checkpoint()
+    checkpointer.resume_or_load("" if resuming else resolve_weights(init_checkpoint), resume=resuming)
+    return resuming
+
+
+def lazy_eval_only(cfg, resume: bool):
+    """--eval-only: the last checkpoint of train.output_dir with ``resume``, else train.init_checkpoint."""
+    model = build_lazy_model(cfg)
+    _load(RetinaNetCheckpointer(model, save_dir=cfg.train.output_dir), cfg.train.init_checkpoint, resume)
+    return lazy_test(cfg, create_ddp_model(model))
+
+
+def lazy_train(cfg, resume: bool):
+    """Train as cfg says, from the last checkpoint of train.output_dir with ``resume``."""
+    train_amp, _, device, dtype = _amp_settings(cfg)
+    model = build_lazy_model(cfg)
+    logger.info(f"Model:\n{model}")
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    names = cfg.dataloader.train.dataset.names
+    names = [names] if isinstance(names, str) else list(names)
+    for name in names:
+        check_dataset_files(name)
+    loader = instantiate(cfg.dataloader.train)
+    for name in names:  # the classes are known once the dataset is loaded
+        check_num_classes(name, cfg.model.num_classes, key="model.num_classes")
+    model = create_ddp_model(model, **cfg.train.get("ddp", {}))
+    if train_amp:
+        trainer = MixedPrecisionTrainer(model, loader, optimizer, device_type=device, dtype=dtype)
+    else:
+        trainer = SimpleTrainer(model, loader, optimizer)
+    checkpointer = RetinaNetCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    main_process = comm.is_main_process()
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: lazy_test(cfg, model)),
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            if main_process
+            else None,
+        ]
+    )
+    resumed = _load(checkpointer, cfg.train.init_checkpoint, resume)
+    # A checkpoint holds the iteration it finished; training goes on from the next one.
+    trainer.train(trainer.iter + 1 if resumed else 0, cfg.train.max_iter)

@@ -1,0 +1,128 @@
+"""LazyConfig (configs/lazy/*.py) through train_net.py, and users' own COCO-format data named on the
+command line (--dataset), in yacs and LazyConfig runs."""
+import json
+import os
+import re
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from detectron2.utils.events import EventStorage
+
+import retinanet_d2
+from helpers import CONFIGS, image_with_boxes, well_scaled_model
+from retinanet_d2.data.shapes import SPLITS, default_root, generate_split, split_paths
+from test_train_net import run_train_net
+from weights_files import randomize_norms
+
+LAZY_DEMO = os.path.join(CONFIGS, "lazy", "shapes_demo.py")
+INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
+# The LazyConfig demo shrunk to the tiny splits and a few iterations.
+LAZY_TINY = [
+    "dataloader.train.dataset.names=shapes_tiny_train", "dataloader.test.dataset.names=shapes_tiny_val",
+    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+    "dataloader.train.mapper.augmentations.0.short_edge_length=[128]", "dataloader.train.mapper.augmentations.0.max_size=128",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=128", "dataloader.test.mapper.augmentations.0.max_size=128",
+    "train.checkpointer.period=2", "train.log_period=1",
+]
+
+
+def test_lazy_demo_model_equals_the_yacs_demo_model():
+    """Same parameters and buffers; with the same weights, the same losses and detections."""
+    yacs = well_scaled_model(retinanet_d2.load_config(os.path.join(CONFIGS, "shapes_demo.yaml")))
+    randomize_norms(yacs, seed=0)
+    lazy = instantiate(LazyConfig.load(LAZY_DEMO).model)
+    yacs_state, lazy_state = yacs.state_dict(), lazy.state_dict()
+    assert {k: v.shape for k, v in yacs_state.items()} == {k: v.shape for k, v in lazy_state.items()}
+    lazy.load_state_dict(yacs_state)
+    batch = [image_with_boxes(seed=0), image_with_boxes(seed=1)]
+    yacs.train(), lazy.train()
+    with EventStorage():
+        a, b = yacs(batch), lazy(batch)
+    for key in ("loss_cls", "loss_box_reg"):
+        assert torch.equal(a[key], b[key]), key
+    yacs.eval(), lazy.eval()
+    with torch.no_grad():
+        x = yacs([{"image": batch[0]["image"]}])[0]["instances"]
+        y = lazy([{"image": batch[0]["image"]}])[0]["instances"]
+    assert len(x) > 0 and torch.equal(x.pred_boxes.tensor, y.pred_boxes.tensor) and torch.equal(x.scores, y.scores)
+
+
+def _iterations(log):
+    return [int(i) for i in re.findall(r"iter: (\d+)", log)]
+
+
+def test_lazy_train_resume_and_eval_only(tmp_path):
+    out = f"train.output_dir={tmp_path}"
+    log = run_train_net("--config-file", LAZY_DEMO, *LAZY_TINY, out, "train.max_iter=4")
+    assert max(_iterations(log)) == 3 and os.path.isfile(tmp_path / "model_final.pth")
+    log = run_train_net("--config-file", LAZY_DEMO, "--resume", *LAZY_TINY, out, "train.max_iter=6")
+    assert min(_iterations(log)) >= 4 and max(_iterations(log)) == 5  # went on from iteration 4
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 5
+    log = run_train_net("--config-file", LAZY_DEMO, "--eval-only", "--resume", *LAZY_TINY, out)
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+
+
+def test_lazy_eval_only_loads_weights_in_any_format(tmp_path):
+    """train.init_checkpoint goes through RetinaNetCheckpointer (here a detectron2 model-zoo pickle)."""
+    model = instantiate(LazyConfig.load(LAZY_DEMO).model)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("weights")
+    log = run_train_net(
+        "--config-file", LAZY_DEMO, "--eval-only", *LAZY_TINY, f"train.output_dir={tmp_path / 'eval'}",
+        f"train.init_checkpoint={tmp_path / 'weights.pth'}",
+    )
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+
+
+def test_lazy_training_in_two_cpu_processes(tmp_path):
+    log = run_train_net("--config-file", LAZY_DEMO, "--num-gpus", "2", *LAZY_TINY, f"train.output_dir={tmp_path}", "train.max_iter=2")
+    assert max(_iterations(log)) == 1 and os.path.isfile(tmp_path / "model_final.pth")
+
+
+def own_coco_files():
+    """The tiny shapes splits' files, as a user's own COCO-format dataset (json + image folder)."""
+    files = []
+    for name in ("shapes_tiny_train", "shapes_tiny_val"):
+        generate_split(default_root(), SPLITS[name])
+        files.append(split_paths(default_root(), SPLITS[name]))
+    return files
+
+
+def test_own_coco_data_from_the_command_line_yacs_and_lazy(tmp_path):
+    (train_json, train_images), (val_json, val_images) = own_coco_files()
+    datasets = ["--dataset", "mine_train", train_json, train_images, "--dataset", "mine_val", val_json, val_images]
+    log = run_train_net(
+        "--config-file", INSTANT, *datasets, "DATASETS.TRAIN", "('mine_train',)", "DATASETS.TEST", "('mine_val',)",
+        "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path / "yacs"),
+        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",  # an untrained model: keep every candidate
+    )
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    with open(tmp_path / "yacs" / "inference" / "coco_instances_results.json") as f:
+        results = json.load(f)
+    with open(val_json) as f:
+        image_ids = {image["id"] for image in json.load(f)["images"]}
+    assert {r["image_id"] for r in results} == image_ids  # every image of the user's val set
+    log = run_train_net(
+        "--config-file", LAZY_DEMO, *datasets, *LAZY_TINY, "dataloader.train.dataset.names=mine_train",
+        "dataloader.test.dataset.names=mine_val", "train.max_iter=2", "train.eval_period=2",
+        f"train.output_dir={tmp_path / 'lazy'}",
+    )
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+
+
+def test_own_data_with_the_wrong_class_count_is_named(tmp_path):
+    (train_json, train_images), _ = own_coco_files()
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", LAZY_DEMO, "--dataset", "mine", train_json,
+         train_images, *LAZY_TINY, "dataloader.train.dataset.names=mine", "model.num_classes=5",
+         f"train.output_dir={tmp_path}", "train.max_iter=1"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode != 0
+    assert "model.num_classes=5, but dataset 'mine' has 3 classes" in result.stderr
