@@ -21,6 +21,20 @@ from .config import retinanet_node
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+# /proc/cpuinfo flags of CPUs with bfloat16 arithmetic units (Intel AMX, AVX-512 BF16 on Intel and AMD).
+BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_bfloat16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU lists one of BFLOAT16_CPU_FLAGS (False where the file does not exist)."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in BFLOAT16_CPU_FLAGS)
+
+
 def device_type(cfg) -> str:
     """"cuda" or "cpu" for cfg.MODEL.DEVICE ("cuda:1" -> "cuda")."""
     return torch.device(cfg.MODEL.DEVICE).type

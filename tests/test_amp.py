@@ -175,3 +175,33 @@ def test_reduced_precision_inference_returns_float32_detections():
     # bfloat16 keeps 8 bits of mantissa: the highest-scoring detection is the same box, roughly.
     torch.testing.assert_close(reduced.scores[0], full.scores[0], atol=0.05, rtol=0)
     assert (reduced.pred_boxes.tensor[0] - full.pred_boxes.tensor[0]).abs().max() < 8
+
+
+def test_group_norms_run_in_float32_under_autocast():
+    """Every GroupNorm of the model (backbone, FPN, head) computes in float32 under autocast, on the
+    autocast-rounded input, and is plain GroupNorm outside it (same state dict)."""
+    from torch.nn import functional as F
+
+    from retinanet_d2.modeling.float32_norm import Float32GroupNorm
+
+    cfg = tiny_cfg(**{"MODEL.RESNETS.NORM": "GN", "MODEL.FPN.NORM": "GN", "MODEL.RETINANET.NORM": "GN"})
+    model = build_model(cfg)
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(type(m) is Float32GroupNorm for m in norms)
+    norm = norms[0]
+    x = torch.randn(2, norm.num_channels, 5, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = norm(x.bfloat16())
+    assert y.dtype == torch.float32
+    assert torch.equal(y, F.group_norm(x.bfloat16().float(), norm.num_groups, norm.weight, norm.bias, norm.eps))
+    assert torch.equal(norm(x), nn.GroupNorm.forward(norm, x))
+
+
+def test_bfloat16_cpu_detection_reads_the_flags(tmp_path):
+    from retinanet_d2.amp import cpu_has_bfloat16_units
+
+    with_units, without = tmp_path / "a", tmp_path / "b"
+    with_units.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert cpu_has_bfloat16_units(str(with_units)) and not cpu_has_bfloat16_units(str(without))
+    assert not cpu_has_bfloat16_units(str(tmp_path / "missing"))

@@ -167,13 +167,19 @@ def test_config_defaults_equal_constructor_defaults():
     shapes = list(build_backbone(cfg).output_shape().values())
     from_cfg = FocalRetinaNet.from_config(cfg)
     _assert_config_gives_the_defaults(FocalRetinaNet, from_cfg, skip=("classification_loss",))
-    default_loss = FocalLoss(alpha=from_cfg["focal_loss_alpha"], gamma=from_cfg["focal_loss_gamma"])
-    assert (type(from_cfg["classification_loss"]), vars(from_cfg["classification_loss"]).get("gamma")) == (FocalLoss, default_loss.gamma)
+    loss = from_cfg["classification_loss"]
+    assert (type(loss), loss.alpha, loss.gamma) == (FocalLoss, 0.25, 2.0)  # FocalRetinaNet's default loss
     _assert_config_gives_the_defaults(FocalRetinaNetHead, FocalRetinaNetHead.from_config(cfg, shapes))
     _assert_config_gives_the_defaults(OctaveAnchorGenerator, OctaveAnchorGenerator.from_config(cfg, shapes[:5]))
     for loss_class in (FocalLoss, FocalLossStar, OhemLoss):
         _assert_config_gives_the_defaults(loss_class, loss_class.from_config(cfg))
     assert P6P7TopBlock(8, 8).in_feature == cfg.MODEL.FOCAL_RETINANET.P6_INPUT
+
+
+def test_focal_loss_arguments_and_a_loss_object_together_are_refused():
+    kwargs = FocalRetinaNet.from_config(tiny_cfg())
+    with pytest.raises(ValueError, match="focal_loss_gamma=0.0 given together with classification_loss"):
+        FocalRetinaNet(**{**kwargs, "focal_loss_gamma": 0.0})
 
 
 def test_constructor_is_a_drop_in_for_detectron2_retinanet():

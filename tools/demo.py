@@ -2,7 +2,10 @@
 """The demo: train FocalRetinaNet from scratch on the embedded shapes dataset on CPU with the stock
 DefaultTrainer, evaluate the held-out split with COCOEvaluator, and draw detections into a PNG.
 
-    python tools/demo.py [--config-file configs/shapes_demo.yaml] [--images 8] [KEY VALUE ...]
+    python tools/demo.py [--config-file configs/shapes_demo.yaml] [--images 8] [--amp auto|on|off] [KEY VALUE ...]
+
+--amp auto (the default) trains and evaluates under bfloat16 autocast on CPUs with bfloat16 units
+(amx_bf16 / avx512_bf16 in /proc/cpuinfo), where it is faster at the same AP, and in float32 elsewhere.
 """
 import argparse
 import os
@@ -14,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_net  # noqa: E402  (the repository's train_net.py)
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
+from retinanet_d2.amp import cpu_has_bfloat16_units  # noqa: E402
 from retinanet_d2.predict import Predictor  # noqa: E402
 from retinanet_d2.visualize import draw_detections, tile  # noqa: E402
 
@@ -24,11 +28,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--config-file", default=os.path.join(REPO, "configs", "shapes_demo.yaml"))
     parser.add_argument("--images", type=int, default=8, help="held-out images to draw")
+    parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                        help="mixed precision (bfloat16 on CPU); auto: on where the CPU has bfloat16 units")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args()
 
+    amp = args.amp == "on" or (args.amp == "auto" and cpu_has_bfloat16_units())
+    amp_opts = ["SOLVER.AMP.ENABLED", str(amp), "MODEL.FOCAL_RETINANET.TEST_AMP", str(amp)]
+    print(f"[demo] mixed precision (bfloat16): {'on' if amp else 'off'} (--amp {args.amp})")
     train_args = train_net.argument_parser().parse_args(
-        ["--config-file", args.config_file, *args.opts]
+        ["--config-file", args.config_file, *amp_opts, *args.opts]
     )
     train_net.main(train_args)  # trains, then evaluates the test split (COCOEvaluator)
 

@@ -68,6 +68,9 @@ class FocalLoss(nn.Module):
     def from_config(cls, cfg):
         return {"alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, "gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA}
 
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)}" for name in self.CONFIG_KEYS)
+
     def classification_sum(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Summed loss of logits (M, K) against labels (M,)."""
         return focal_loss_from_labels(logits, labels, self.alpha, self.gamma)

@@ -29,6 +29,7 @@ from detectron2.utils import comm
 from ..config import DEFAULTS, retinanet_node
 from .assignment import match_anchors
 from .dense_losses import FocalLoss, build_classification_loss
+from .float32_norm import keep_group_norms_in_float32
 from .head import FocalRetinaNetHead
 from .losses import at_least_float32
 
@@ -115,8 +116,8 @@ class FocalRetinaNet(DenseDetector):
             anchor_matcher: detectron2 Matcher; its thresholds, labels and low-quality setting
                 decide the assignment (computed here over chunks of boxes).
             num_classes: K, foreground classes.
-            focal_loss_alpha, focal_loss_gamma: FL's alpha and gamma, used when no
-                classification_loss is given.
+            focal_loss_alpha, focal_loss_gamma: FL's alpha and gamma when no classification_loss
+                is given (with one, they must stay at their defaults: the object holds its own).
             smooth_l1_beta: smooth L1's beta (0: L1).
             box_reg_loss_type: "smooth_l1" or "giou".
             test_score_thresh: candidates need a score above this; one value for every level, or
@@ -136,6 +137,12 @@ class FocalRetinaNet(DenseDetector):
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
         )
+        keep_group_norms_in_float32(self)  # under autocast (float32_norm.py); a no-op otherwise
+        if classification_loss is not None and (focal_loss_alpha, focal_loss_gamma) != (0.25, 2.0):
+            raise ValueError(
+                f"focal_loss_alpha={focal_loss_alpha}, focal_loss_gamma={focal_loss_gamma} given together "
+                f"with classification_loss={classification_loss!r}: set them on the loss object instead"
+            )
         if not set(anchor_matcher.labels) <= {-1, 0, 1}:
             raise ValueError(f"anchor_matcher labels must be in {{-1, 0, 1}}, got {anchor_matcher.labels}")
         if box_reg_loss_type not in BOX_LOSSES:
@@ -193,8 +200,6 @@ class FocalRetinaNet(DenseDetector):
                 cfg.MODEL.RETINANET.IOU_THRESHOLDS, cfg.MODEL.RETINANET.IOU_LABELS, allow_low_quality_matches=True
             ),
             "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
-            "focal_loss_alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
-            "focal_loss_gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
             "smooth_l1_beta": cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA,
             "box_reg_loss_type": cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE,
             "test_score_thresh": list(node.LEVEL_SCORE_THRESH_TEST) or cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
@@ -205,7 +210,7 @@ class FocalRetinaNet(DenseDetector):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
-            "classification_loss": build_classification_loss(cfg),
+            "classification_loss": build_classification_loss(cfg),  # FOCAL_LOSS_ALPHA/GAMMA, STAR_*, OHEM_*
             "matcher_chunk_boxes": node.MATCHER_CHUNK_BOXES,
             "clip_boxes_before_nms": node.CLIP_BOXES_BEFORE_NMS,
         }
