@@ -1,0 +1,161 @@
+"""A resumable study of settings x seeds: each run trains with train_net.py from one config plus the
+setting's overrides and a seed, and its final COCO bbox metrics go into one JSON file, written after
+every run, so that a study interrupted (or spread over several sittings) never repeats a finished run.
+
+``PAPER_GRID`` is the grid of the paper's loss comparisons (Table 1(a), 1(b), 1(d), §3.3's prior).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, Iterable, List, NamedTuple, Sequence
+
+import matplotlib
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .metrics import read_metrics  # noqa: E402
+
+METRICS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
+_CE = ["MODEL.RETINANET.FOCAL_LOSS_GAMMA", "0.0"]
+
+
+class Setting(NamedTuple):
+    """One row of a study: its name, config overrides (KEY VALUE ...) and what the paper reports."""
+
+    name: str
+    overrides: List[str]
+    paper: str
+
+
+PAPER_GRID = [
+    Setting("FL g2 a.25", [], "Table 1(b): 34.0, the best"),
+    *[Setting(f"CE a{a}", [*_CE, "MODEL.RETINANET.FOCAL_LOSS_ALPHA", a], "Table 1(a): best CE 31.1 at a .75")
+      for a in ("0.25", "0.5", "0.75", "0.9")],
+    *[Setting(f"FL g{g} a.25", ["MODEL.RETINANET.FOCAL_LOSS_GAMMA", g], "Table 1(b): below g2 (g5 ~32.2)")
+      for g in ("0.5", "1.0", "5.0")],
+    Setting("OHEM plain", ["MODEL.FOCAL_RETINANET.LOSS", "ohem", *_CE, "MODEL.RETINANET.FOCAL_LOSS_ALPHA", "-1.0"],
+            "Table 1(d): below FL (best OHEM 32.8 vs 36.0)"),
+    Setting("OHEM 1:3", ["MODEL.FOCAL_RETINANET.LOSS", "ohem", *_CE, "MODEL.RETINANET.FOCAL_LOSS_ALPHA", "-1.0",
+                         "MODEL.FOCAL_RETINANET.OHEM_FG_FRACTION", "0.25"], "Table 1(d): worse than plain OHEM"),
+    Setting("CE a.75 no prior", [*_CE, "MODEL.RETINANET.FOCAL_LOSS_ALPHA", "0.75", "MODEL.RETINANET.PRIOR_PROB", "0.5"],
+            "§5.1: CE without the prior diverges"),
+]
+
+
+@torch.no_grad()
+def anchors_per_foreground(model, batches: Iterable[List[dict]]) -> Dict[str, float]:
+    """The imbalance the paper is about, on training batches (DatasetMapper's format): anchors per
+    image, and non-ignored anchors per foreground anchor (COCO at 800 px: ~100k anchors per image,
+    ~1:1000 foreground to background, PAPER.md §2)."""
+    anchors = valid = foreground = images = 0
+    for batch in batches:
+        labels = model.dense_outputs(batch).labels
+        images += labels.shape[0]
+        anchors += labels.numel()
+        valid += int((labels >= 0).sum())
+        foreground += int(((labels >= 0) & (labels < model.num_classes)).sum())
+    return {"anchors_per_image": anchors / images, "anchors_per_foreground": valid / max(foreground, 1)}
+
+
+def run_key(setting: Setting, seed: int) -> str:
+    return f"{setting.name} | seed {seed}"
+
+
+def load_results(path: str) -> Dict[str, Dict]:
+    """The runs recorded in ``path`` ({} if it does not exist); ValueError naming the file if it is
+    not a study's JSON."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            results = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not a study results file ({error})") from error
+    if not isinstance(results, dict):
+        raise ValueError(f"{path}: not a study results file (a {type(results).__name__}, not an object)")
+    return results
+
+
+def save_results(path: str, results: Dict[str, Dict]) -> None:
+    """Write ``results`` to ``path`` atomically (a crash never leaves half a file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = path + ".partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    os.replace(partial, path)
+
+
+def train_net_run(config_file: str, overrides: Sequence[str], output_dir: str) -> Dict[str, float]:
+    """Train with the repository's train_net.py in a subprocess; the final METRICS of the run and its
+    wall time in seconds. RuntimeError with the log's end if training fails."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo, "train_net.py"), "--config-file", config_file, *overrides,
+         "OUTPUT_DIR", output_dir],
+        capture_output=True, text=True, cwd=repo,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"training in {output_dir} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    final = [r for r in read_metrics(os.path.join(output_dir, "metrics.json")) if METRICS[0] in r][-1]
+    return {**{key: final[key] for key in METRICS}, "wall_s": time.perf_counter() - start}
+
+
+def run_grid(
+    config_file: str,
+    settings: Sequence[Setting],
+    seeds: Sequence[int],
+    results_path: str,
+    output_root: str,
+    base_overrides: Sequence[str] = (),
+    runner: Callable[[str, Sequence[str], str], Dict[str, float]] = train_net_run,
+) -> Dict[str, Dict]:
+    """Run every (setting, seed) not yet in ``results_path``, saving after each; returns all results."""
+    results = load_results(results_path)
+    for seed in seeds:  # seed-major: a partial study has every setting at its first seeds
+        for setting in settings:
+            key = run_key(setting, seed)
+            if key in results:
+                continue
+            output_dir = os.path.join(output_root, setting.name.replace(" ", "_"), f"seed{seed}")
+            metrics = runner(config_file, [*base_overrides, *setting.overrides, "SEED", str(seed)], output_dir)
+            results[key] = {"setting": setting.name, "seed": seed, **metrics}
+            save_results(results_path, results)
+    return results
+
+
+def summarize(results: Dict[str, Dict], metric: str = "bbox/AP") -> Dict[str, Dict[str, float]]:
+    """Per setting: mean and sample standard deviation of ``metric`` over its seeds, and n."""
+    values: Dict[str, List[float]] = {}
+    for run in results.values():
+        values.setdefault(run["setting"], []).append(run[metric])
+    summary = {}
+    for name, xs in values.items():
+        mean = sum(xs) / len(xs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
+        summary[name] = {"mean": mean, "std": std, "n": len(xs)}
+    return summary
+
+
+def plot_summary(summary: Dict[str, Dict[str, float]], settings: Sequence[Setting], path: str) -> None:
+    """Bars of mean AP with +-1 std over seeds, one per setting in ``settings``' order, labelled
+    with the paper's finding (PNG)."""
+    names = [s.name for s in settings if s.name in summary]
+    figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.5))
+    means = [summary[n]["mean"] for n in names]
+    stds = [0.0 if math.isnan(summary[n]["std"]) else summary[n]["std"] for n in names]
+    axis.bar(range(len(names)), means, yerr=stds, capsize=4)
+    axis.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=8)
+    axis.set(ylabel="COCO bbox AP (mean +- std over seeds)", title="settings x seeds")
+    paper = {s.name: s.paper for s in settings}
+    for i, name in enumerate(names):
+        axis.annotate(paper[name], (i, means[i]), rotation=90, fontsize=6, ha="center", va="bottom",
+                      xytext=(0, 8), textcoords="offset points")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
