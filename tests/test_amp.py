@@ -11,8 +11,8 @@ from torch import nn
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-import retinanet_d2
 from helpers import CONFIGS, image_with_boxes, tiny_cfg, well_scaled_model
+from test_train_net import run_train_net
 from retinanet_d2.amp import MixedPrecisionTrainer, amp_dtype, inference_autocast
 from retinanet_d2.modeling.losses import focal_loss_from_labels, sigmoid_focal_loss, sigmoid_focal_loss_star
 
@@ -139,10 +139,6 @@ INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
 
 
 def _train(tmp_path, amp: bool, max_iter: int, resume: bool):
-    import sys
-
-    from test_train_net import run_train_net
-
     args = ["--config-file", INSTANT, "OUTPUT_DIR", str(tmp_path), "SOLVER.AMP.ENABLED", str(amp),
             "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "3", "TEST.EVAL_PERIOD", "0"]
     return run_train_net(*(["--resume"] if resume else []), *args)

@@ -3,6 +3,8 @@ command line (--dataset), in yacs and LazyConfig runs."""
 import json
 import os
 import re
+import subprocess
+import sys
 
 import torch
 
@@ -11,7 +13,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.events import EventStorage
 
 import retinanet_d2
-from helpers import CONFIGS, image_with_boxes, well_scaled_model
+from helpers import CONFIGS, REPO, image_with_boxes, well_scaled_model
 from retinanet_d2.data.shapes import SPLITS, default_root, generate_split, split_paths
 from test_train_net import run_train_net
 from weights_files import randomize_norms
@@ -113,11 +115,6 @@ def test_own_coco_data_from_the_command_line_yacs_and_lazy(tmp_path):
 
 def test_own_data_with_the_wrong_class_count_is_named(tmp_path):
     (train_json, train_images), _ = own_coco_files()
-    import subprocess
-    import sys
-
-    from helpers import REPO
-
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", LAZY_DEMO, "--dataset", "mine", train_json,
          train_images, *LAZY_TINY, "dataloader.train.dataset.names=mine", "model.num_classes=5",

@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from torchvision.models.detection import retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2
 
 from detectron2.modeling import build_model
 
@@ -16,9 +15,9 @@ import retinanet_d2
 from helpers import CONFIGS, as_detectron2_retinanet, tiny_cfg, well_scaled_model
 from retinanet_d2.checkpoint import load_model_weights
 from retinanet_d2.checkpoint.torchvision_format import coco_category_ids
+from test_weights import HEIGHT, TORCHVISION, WIDTH, torchvision_detections  # 384x512: no padding, no resizing
 from weights_files import detectron_blobs, randomize_norms, torchvision_reference, write_pickle
 
-HEIGHT, WIDTH = 384, 512  # divisible by P7's stride: no padding; torchvision does not resize it
 BOX_TOL, SCORE_TOL, MIN_MATCHED = 0.5, 1e-4, 0.99
 TINY = {  # the tiny network of helpers.tiny_cfg, as config overrides
     "MODEL.DEVICE": "cpu", "MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
@@ -73,6 +72,11 @@ def random_detectron_blobs(classifier: str):
     return blobs
 
 
+def normalise(cfg, image):
+    """The model's input normalisation, done outside it for the reference: (image - mean) / std."""
+    return (image - torch.tensor(cfg.MODEL.PIXEL_MEAN)[:, None, None]) / torch.tensor(cfg.MODEL.PIXEL_STD)[:, None, None]
+
+
 def ours_on(model, image):
     model.eval()
     with torch.no_grad():
@@ -92,7 +96,7 @@ def test_detectron_pickle_gives_detectrons_own_detections(tmp_path, image, class
     cfg = detectron_config()
     model = build_model(cfg)
     load_model_weights(model, path)
-    normalised = (image - torch.tensor(cfg.MODEL.PIXEL_MEAN)[:, None, None]) / torch.tensor(cfg.MODEL.PIXEL_STD)[:, None, None]
+    normalised = normalise(cfg, image)
     ref_boxes, ref_scores, ref_labels = detectron_reference.detect(blobs, normalised, num_convs=1)
     ref_boxes = ref_boxes + np.array([0, 0, 1, 1])  # +1 convention -> continuous (as its COCO json)
     ours = ours_on(model, image)
@@ -113,7 +117,7 @@ def test_detectron_reference_fails_without_the_anchor_offset(tmp_path, image):
     cfg = detectron_config(**{"MODEL.ANCHOR_GENERATOR.OFFSET": 0.0})
     model = build_model(cfg)
     load_model_weights(model, path)
-    normalised = (image - torch.tensor(cfg.MODEL.PIXEL_MEAN)[:, None, None]) / torch.tensor(cfg.MODEL.PIXEL_STD)[:, None, None]
+    normalised = normalise(cfg, image)
     ref = detectron_reference.detect(blobs, normalised, num_convs=1)
     ref = (ref[0] + np.array([0, 0, 1, 1]), ref[1], ref[2])
     assert matched_fraction(ours_on(model, image), ref) < 0.2
@@ -125,9 +129,6 @@ def test_detectron_anchors_hand_derived():
     np.testing.assert_allclose(detectron_reference.generate_anchors(8, 32, 0.5), [-18.0, -8.0, 25.0, 15.0])
     # ratio 2: w0 = round(sqrt(32)) = 6, h0 = 12 -> 24 x 48.
     np.testing.assert_allclose(detectron_reference.generate_anchors(8, 32, 2.0), [-8.0, -20.0, 15.0, 27.0])
-
-
-TORCHVISION = {"v1": (retinanet_resnet50_fpn, "retinanet_resnet50_fpn"), "v2": (retinanet_resnet50_fpn_v2, "retinanet_resnet50_fpn_v2")}
 
 
 @pytest.mark.parametrize("fire", [False, True], ids=["typical", "firing"])
@@ -142,10 +143,7 @@ def test_torchvision_weights_give_torchvisions_own_detections(tmp_path, image, v
     torch.save(reference.state_dict(), path)
     model = build_model(retinanet_d2.load_config(os.path.join(CONFIGS, "torchvision", f"{name}.yaml"), ["MODEL.DEVICE", "cpu"]))
     load_model_weights(model, path)
-    with torch.no_grad():
-        out = reference([image / 255])[0]
-    nonempty = (out["boxes"][:, 2] > out["boxes"][:, 0]) & (out["boxes"][:, 3] > out["boxes"][:, 1])
-    ref = (out["boxes"][nonempty].numpy(), out["scores"][nonempty].numpy(), out["labels"][nonempty].numpy())
+    ref = tuple(x.numpy() for x in torchvision_detections(reference, image))
     boxes, scores, classes = ours_on(model, image)
     ours = (boxes, scores, np.array(coco_category_ids())[classes])
     assert len(ref[0]) > 100

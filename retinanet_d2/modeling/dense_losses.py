@@ -1,7 +1,8 @@
 """The paper's loss family as objects that FocalRetinaNet takes (``classification_loss=``), as
 detectron2 injects its matcher and box transform.
 
-Each object maps the dense outputs of a batch to ``LossSums(cls, box, count)``: the classification and
+Each object maps the dense outputs of a batch (and the foreground mask and box losses the model
+computed) to ``LossSums(cls, box, count)``: the classification and
 box loss sums and the number they are divided by (all-reduced by the model):
 
 * ``FocalLoss`` (§3, eq. 5; gamma 0 is alpha-balanced CE): FL summed over every non-ignored anchor,
@@ -43,10 +44,6 @@ class LossSums(NamedTuple):
     count: Tensor
 
 
-def _foreground(labels: Tensor, num_classes: int) -> Tensor:
-    return (labels >= 0) & (labels < num_classes)
-
-
 class FocalLoss(nn.Module):
     """FL over all non-ignored anchors, normalised by the foreground count (the paper's RetinaNet)."""
 
@@ -76,16 +73,19 @@ class FocalLoss(nn.Module):
         return focal_loss_from_labels(logits, labels, self.alpha, self.gamma)
 
     @torch.jit.unused  # training only: a scripted (exported) model needs none of it
-    def forward(self, anchors: Tensor, logits: Tensor, labels: Tensor, fg_box_losses: Tensor) -> LossSums:
+    def forward(
+        self, anchors: Tensor, logits: Tensor, labels: Tensor, foreground: Tensor, fg_box_losses: Tensor
+    ) -> LossSums:
         """
         Args:
             anchors: (R, 4) anchors of every image.
             logits: (N, R, K); labels: (N, R).
-            fg_box_losses: (F,) box loss of each foreground anchor, in ``labels``' row-major order.
+            foreground: (N, R) bool, labels in 0..K-1.
+            fg_box_losses: (F,) box loss of each foreground anchor, in ``foreground``'s row-major order.
         """
         num_classes = logits.shape[-1]
         cls = self.classification_sum(logits.reshape(-1, num_classes), labels.reshape(-1))
-        return LossSums(cls, fg_box_losses.sum(), _foreground(labels, num_classes).sum())
+        return LossSums(cls, fg_box_losses.sum(), foreground.sum())
 
 
 class FocalLossStar(FocalLoss):
@@ -163,13 +163,15 @@ class OhemLoss(FocalLoss):
         }
 
     @torch.jit.unused  # training only
-    def forward(self, anchors: Tensor, logits: Tensor, labels: Tensor, fg_box_losses: Tensor) -> LossSums:
+    def forward(
+        self, anchors: Tensor, logits: Tensor, labels: Tensor, foreground: Tensor, fg_box_losses: Tensor
+    ) -> LossSums:
         num_classes = logits.shape[-1]
         valid = labels >= 0
         cls = sigmoid_focal_loss(logits, one_hot_targets(labels, num_classes, logits.dtype), self.alpha, self.gamma)
         cls = cls.sum(dim=-1) * valid  # (N, R)
         box = torch.zeros_like(cls)
-        box[_foreground(labels, num_classes)] = fg_box_losses.to(box.dtype)
+        box[foreground] = fg_box_losses.to(box.dtype)
         selected = torch.zeros_like(valid)
         for i in range(labels.shape[0]):
             picked = ohem_select(

@@ -300,7 +300,7 @@ class FocalRetinaNet(DenseDetector):
         foreground = (outputs.labels >= 0) & (outputs.labels < self.num_classes)  # (N, R)
         fg_anchors = outputs.anchors.expand(outputs.labels.shape[0], -1, -1)[foreground]
         fg_box_losses = self.box_losses(fg_anchors, outputs.deltas[foreground], outputs.matched_boxes[foreground])
-        sums = self.classification_loss(outputs.anchors, outputs.logits, outputs.labels, fg_box_losses)
+        sums = self.classification_loss(outputs.anchors, outputs.logits, outputs.labels, foreground, fg_box_losses)
         normalizer = self.batch_normalizer(sums.count)
         return {"loss_cls": sums.cls / normalizer, "loss_box_reg": sums.box / normalizer}
 
