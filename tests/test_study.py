@@ -6,7 +6,15 @@ import os
 import pytest
 
 from helpers import CONFIGS
-from retinanet_d2.analysis.study import PAPER_GRID, Setting, load_results, plot_summary, run_grid, summarize
+from retinanet_d2.analysis.study import (
+    PAPER_GRID,
+    Setting,
+    judge_claims,
+    load_results,
+    plot_summary,
+    run_grid,
+    summarize,
+)
 
 GRID = [Setting("a", ["X", "1"], "paper a"), Setting("b", ["X", "2"], "paper b")]
 
@@ -32,6 +40,42 @@ def test_grid_runs_each_pair_once_and_resumes(tmp_path):
     assert summary == {"a": {"mean": 12.0, "std": 1.0, "n": 3}, "b": {"mean": 22.0, "std": 1.0, "n": 3}}
     plot_summary(summary, GRID, str(tmp_path / "study.png"))
     assert os.path.getsize(tmp_path / "study.png") > 1000
+
+
+def test_parallel_runs_save_each_result_and_a_failure_stops_what_has_not_started(tmp_path):
+    path, calls = str(tmp_path / "study.json"), []
+    grid = [*GRID, Setting("broken", ["X", "-1"], "paper"), Setting("c", ["X", "3"], "paper c")]
+    succeed = fake_runner(calls)
+
+    def runner(config_file, overrides, output_dir):
+        if "-1" in overrides:
+            raise RuntimeError(f"training in {output_dir} failed")
+        return succeed(config_file, overrides, output_dir)
+
+    with pytest.raises(RuntimeError, match=r"broken.seed1 failed"):
+        run_grid("cfg.yaml", grid, [1, 2], path, str(tmp_path / "out"), runner=runner, jobs=2)
+    # Seed-major, 2 at a time: a and b run first; "broken" starts third and c (seed 1) runs only if it
+    # started before the failure was seen; nothing of seed 2 starts.
+    saved = load_results(path)
+    assert {"a | seed 1", "b | seed 1"} <= set(saved) <= {"a | seed 1", "b | seed 1", "c | seed 1"}
+    assert len(saved) == len(calls)
+    assert all(saved[f"{s} | seed 1"]["bbox/AP"] == 10 * v + 1 for s, v in (("a", 1), ("b", 2)))
+
+
+def test_claims_are_judged_against_the_seed_spread():
+    def row(mean, std):
+        return {"mean": mean, "std": std, "n": 4}
+
+    summary = {"FL g2 a.25": row(30.0, 1.0), "CE a0.25": row(20.0, 1.0), "CE a0.75": row(29.0, 1.0),
+               "FL g5.0 a.25": row(33.0, 1.0), "OHEM plain": row(28.5, 1.0)}
+    rows = {r["worse"]: r for r in judge_claims(summary)}
+    # Best CE is a0.75 (29.0): margin 1.0, spread sqrt(1/4 + 1/4) = 0.707 -> 1.0 < 1.414: noise.
+    assert rows["CE a0.75"]["margin"] == 1.0 and rows["CE a0.75"]["spread"] == pytest.approx(math.sqrt(0.5))
+    assert rows["CE a0.75"]["verdict"] == "within seed noise"
+    assert rows["FL g5.0 a.25"]["verdict"] == "reversed" and rows["FL g5.0 a.25"]["margin"] == -3.0
+    assert rows["OHEM plain"]["verdict"] == "held"  # 1.5 > 1.414
+    # Claims whose settings were not run (OHEM 1:3, g0.5, g1, no prior) are left out.
+    assert set(rows) == {"CE a0.75", "FL g5.0 a.25", "OHEM plain"}
 
 
 def test_a_bad_results_file_is_named(tmp_path):

@@ -4,6 +4,8 @@ every run, so that a study interrupted (or spread over several sittings) never r
 
 ``PAPER_GRID`` is the grid of the paper's loss comparisons (Table 1(a), 1(b), 1(d), §3.3's prior).
 """
+import concurrent.futures
+import itertools
 import json
 import math
 import os
@@ -45,6 +47,46 @@ PAPER_GRID = [
     Setting("CE a.75 no prior", [*_CE, "MODEL.RETINANET.FOCAL_LOSS_ALPHA", "0.75", "MODEL.RETINANET.PRIOR_PROB", "0.5"],
             "§5.1: CE without the prior diverges"),
 ]
+
+
+class Claim(NamedTuple):
+    """The paper says setting ``better`` beats setting ``worse`` ("best CE": the α-CE with the highest mean)."""
+
+    text: str
+    better: str
+    worse: str
+
+
+BEST_CE = "best CE"
+PAPER_CLAIMS = [
+    Claim("FL (γ 2, α .25) beats the best α-balanced CE (Table 1a/b: +2.9 AP)", "FL g2 a.25", BEST_CE),
+    *[Claim(f"γ 2 beats γ {g} (Table 1b)", "FL g2 a.25", f"FL g{g} a.25") for g in ("0.5", "1.0", "5.0")],
+    Claim("FL beats OHEM (Table 1d: +3.2 AP over the best OHEM)", "FL g2 a.25", "OHEM plain"),
+    Claim("FL beats OHEM 1:3 (Table 1d)", "FL g2 a.25", "OHEM 1:3"),
+    Claim("plain OHEM beats OHEM 1:3 (Table 1d: the 1:3 ratio does not help)", "OHEM plain", "OHEM 1:3"),
+    Claim("the prior π = .01 beats no prior, CE α .75 (§3.3, §5.1)", "CE a0.75", "CE a.75 no prior"),
+]
+
+
+def judge_claims(summary: Dict[str, Dict[str, float]], claims: Sequence[Claim] = PAPER_CLAIMS) -> List[Dict]:
+    """Each claim whose settings are all in ``summary`` (with at least 2 seeds): the margin (mean of
+    ``better`` minus mean of ``worse``), its seed spread (standard error of that difference,
+    sqrt(s_b^2/n_b + s_w^2/n_w)) and the verdict: "held" if margin > 2 spreads, "reversed" if
+    margin < -2 spreads, else "within seed noise"."""
+    ce = [name for name in summary if name.startswith("CE a") and "no prior" not in name]
+    best_ce = max(ce, key=lambda name: summary[name]["mean"]) if ce else None
+    rows = []
+    for claim in claims:
+        worse = best_ce if claim.worse == BEST_CE else claim.worse
+        if worse is None or any(n not in summary or summary[n]["n"] < 2 for n in (claim.better, worse)):
+            continue
+        b, w = summary[claim.better], summary[worse]
+        margin = b["mean"] - w["mean"]
+        spread = math.sqrt(b["std"] ** 2 / b["n"] + w["std"] ** 2 / w["n"])
+        verdict = "held" if margin > 2 * spread else "reversed" if margin < -2 * spread else "within seed noise"
+        rows.append({"claim": claim.text, "better": claim.better, "worse": worse, "margin": margin,
+                     "spread": spread, "verdict": verdict})
+    return rows
 
 
 @torch.no_grad()
@@ -90,15 +132,17 @@ def save_results(path: str, results: Dict[str, Dict]) -> None:
     os.replace(partial, path)
 
 
-def train_net_run(config_file: str, overrides: Sequence[str], output_dir: str) -> Dict[str, float]:
-    """Train with the repository's train_net.py in a subprocess; the final METRICS of the run and its
-    wall time in seconds. RuntimeError with the log's end if training fails."""
+def train_net_run(config_file: str, overrides: Sequence[str], output_dir: str, threads: int = 0) -> Dict[str, float]:
+    """Train with the repository's train_net.py in a subprocess (with ``threads`` intra-op threads if
+    > 0); the final METRICS of the run and its wall time in seconds. RuntimeError with the log's end
+    if training fails."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}))
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, os.path.join(repo, "train_net.py"), "--config-file", config_file, *overrides,
          "OUTPUT_DIR", output_dir],
-        capture_output=True, text=True, cwd=repo,
+        capture_output=True, text=True, cwd=repo, env=env,
     )
     if result.returncode != 0:
         raise RuntimeError(f"training in {output_dir} failed:\n{(result.stdout + result.stderr)[-3000:]}")
@@ -114,18 +158,40 @@ def run_grid(
     output_root: str,
     base_overrides: Sequence[str] = (),
     runner: Callable[[str, Sequence[str], str], Dict[str, float]] = train_net_run,
+    jobs: int = 1,
 ) -> Dict[str, Dict]:
-    """Run every (setting, seed) not yet in ``results_path``, saving after each; returns all results."""
+    """Run every (setting, seed) not yet in ``results_path``, ``jobs`` at a time, saving after each
+    finished run; returns all results. After a failed run nothing new starts: the error is raised
+    once the runs in flight have ended and been saved."""
     results = load_results(results_path)
-    for seed in seeds:  # seed-major: a partial study has every setting at its first seeds
-        for setting in settings:
-            key = run_key(setting, seed)
-            if key in results:
-                continue
-            output_dir = os.path.join(output_root, setting.name.replace(" ", "_"), f"seed{seed}")
-            metrics = runner(config_file, [*base_overrides, *setting.overrides, "SEED", str(seed)], output_dir)
-            results[key] = {"setting": setting.name, "seed": seed, **metrics}
-            save_results(results_path, results)
+    # Seed-major: a partial study has every setting at its first seeds.
+    pending = [(s, seed) for seed in seeds for s in settings if run_key(s, seed) not in results]
+
+    def run(setting: Setting, seed: int) -> Dict[str, float]:
+        output_dir = os.path.join(output_root, setting.name.replace(" ", "_"), f"seed{seed}")
+        return runner(config_file, [*base_overrides, *setting.overrides, "SEED", str(seed)], output_dir)
+
+    queue, in_flight, failure = iter(pending), {}, None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+
+        def start(count: int) -> None:
+            for setting, seed in itertools.islice(queue, count):
+                in_flight[pool.submit(run, setting, seed)] = (setting, seed)
+
+        start(jobs)
+        while in_flight:
+            done, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                setting, seed = in_flight.pop(future)
+                if future.exception() is not None:
+                    failure = failure or future.exception()
+                    continue
+                results[run_key(setting, seed)] = {"setting": setting.name, "seed": seed, **future.result()}
+                save_results(results_path, results)
+            if failure is None:  # after a failure nothing new starts; the runs in flight finish
+                start(len(done))
+    if failure is not None:
+        raise failure
     return results
 
 
