@@ -153,11 +153,11 @@ def default_root() -> str:
 SPLITS: Dict[str, ShapesSplit] = {
     "shapes_train": ShapesSplit("train", num_images=2000, image_size=256, seed=1),
     "shapes_val": ShapesSplit("val", num_images=200, image_size=256, seed=2),
-    # Small objects (10-48 px on 192 px images, up to 12 per image): the study's imbalanced variant.
+    # Small objects (10-48 px on 192 px images, up to 4 per image): the study's imbalanced variant.
     "shapes_small_train": ShapesSplit("small_train", num_images=2000, image_size=192, seed=5,
-                                      max_object_fraction=0.25, max_objects=12),
+                                      max_object_fraction=0.25, max_objects=4),
     "shapes_small_val": ShapesSplit("small_val", num_images=200, image_size=192, seed=6,
-                                    max_object_fraction=0.25, max_objects=12),
+                                    max_object_fraction=0.25, max_objects=4),
     "shapes_tiny_train": ShapesSplit("tiny_train", num_images=8, image_size=128, seed=3),
     "shapes_tiny_val": ShapesSplit("tiny_val", num_images=4, image_size=128, seed=4),
 }
