@@ -56,6 +56,16 @@ def test_cdfs_are_normalised_and_focus_on_hard_negatives():
     # With gamma 2 the easy negatives carry less of the loss than with CE (paper Fig. 4).
     assert cdfs["negative"]["2.0"][5] < cdfs["negative"]["0.0"][5]
     assert cdfs["counts"]["positive"] + cdfs["counts"]["negative"] == logits.numel()
+    assert cdfs["hardest_share"]["negative"]["2.0"] > cdfs["hardest_share"]["negative"]["0.0"]
+
+
+def test_hardest_share_is_the_top_five_percent_of_the_loss():
+    # 40 negatives of one class (label 1 = background with K = 1): logits 0..39, so the CE loss
+    # softplus(x) grows with x; the hardest ceil(5% of 40) = 2 are logits 38 and 39.
+    logits = torch.arange(40, dtype=torch.float64).reshape(40, 1) / 10
+    cdfs = normalised_loss_cdfs(logits, torch.ones(40, dtype=torch.long), [0.0], points=5)
+    loss = torch.nn.functional.softplus(logits.flatten())
+    assert cdfs["hardest_share"]["negative"]["0.0"] == pytest.approx(float(loss[-2:].sum() / loss.sum()))
 
 
 def test_loss_cdf_tool_on_a_checkpoint(tmp_path):

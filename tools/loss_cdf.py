@@ -12,7 +12,14 @@ from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 
 import retinanet_d2
-from retinanet_d2.analysis.loss_cdf import FIG4_GAMMAS, collect_logits, normalised_loss_cdfs, plot_cdfs, write_json
+from retinanet_d2.analysis.loss_cdf import (
+    FIG4_GAMMAS,
+    HARDEST_FRACTION,
+    collect_logits,
+    normalised_loss_cdfs,
+    plot_cdfs,
+    write_json,
+)
 from retinanet_d2.checkpoint import load_model_weights
 
 
@@ -37,6 +44,9 @@ def main():
     plot_cdfs(cdfs, png)
     write_json(cdfs, os.path.join(args.output_dir, "fig4_loss_cdf.json"))
     print(png, cdfs["counts"])
+    for name, shares in cdfs["hardest_share"].items():
+        print(f"share of the {name} loss in the hardest {HARDEST_FRACTION:.0%}: "
+              + ", ".join(f"γ {float(g):g}: {share:.3f}" for g, share in shares.items()))
 
 
 if __name__ == "__main__":

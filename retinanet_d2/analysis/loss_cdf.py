@@ -3,8 +3,10 @@ of a trained model, for several gamma.
 
 Examples are (anchor, class) pairs of non-ignored anchors: positives are a foreground anchor's own
 class, negatives all other pairs. For each gamma the losses of each set are sorted ascending and
-normalised to sum to one; the curve is the cumulative sum against the fraction of examples.
+normalised to sum to one; the curve is the cumulative sum against the fraction of examples. The share
+of the loss carried by the hardest 5% of each set sums the figure up in one number per gamma.
 """
+import math
 import json
 from typing import Dict, Iterable, List, Sequence
 
@@ -17,6 +19,7 @@ import torch  # noqa: E402
 from ..modeling.losses import one_hot_targets, sigmoid_focal_loss  # noqa: E402
 
 FIG4_GAMMAS = (0.0, 0.5, 1.0, 2.0)
+HARDEST_FRACTION = 0.05
 
 
 @torch.no_grad()
@@ -33,11 +36,14 @@ def collect_logits(model, batches: Iterable[List[dict]]):
 
 
 def normalised_loss_cdfs(logits, labels, gammas: Sequence[float], points: int = 200) -> Dict:
-    """{"fraction": [...], "positive": {gamma: cdf}, "negative": {gamma: cdf}, "counts": {...}}."""
+    """{"fraction": [...], "positive": {gamma: cdf}, "negative": {gamma: cdf}, "counts": {...},
+    "hardest_share": {set: {gamma: loss share of the ceil(5%) highest-loss examples}}} for logits
+    (M, K) and labels (M,) in [0, K]."""
     targets = one_hot_targets(labels, logits.shape[1])
     fraction = torch.linspace(0, 1, points)
     result = {"fraction": fraction.tolist(), "positive": {}, "negative": {},
-              "counts": {"positive": int(targets.sum()), "negative": int((1 - targets).sum())}}
+              "counts": {"positive": int(targets.sum()), "negative": int((1 - targets).sum())},
+              "hardest_share": {"positive": {}, "negative": {}}}
     for gamma in gammas:
         loss = sigmoid_focal_loss(logits.double(), targets.double(), alpha=-1, gamma=gamma)
         for name, mask in (("positive", targets > 0), ("negative", targets == 0)):
@@ -45,6 +51,8 @@ def normalised_loss_cdfs(logits, labels, gammas: Sequence[float], points: int = 
             cdf = values.cumsum(0) / values.sum().clamp(min=1e-300)
             index = (fraction * (len(cdf) - 1)).round().long()
             result[name][str(gamma)] = cdf[index].tolist() if len(cdf) else []
+            hardest = values[len(values) - math.ceil(HARDEST_FRACTION * len(values)):]
+            result["hardest_share"][name][str(gamma)] = float(hardest.sum() / values.sum().clamp(min=1e-300))
     return result
 
 
