@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """The paper's loss comparisons as a study of settings x seeds (retinanet_d2/analysis/study.py): runs
 every (setting, seed) not yet in the results file, then prints the table (mean +- std of bbox AP over
-seeds) and draws it. Rerunning resumes; a finished run is never repeated.
+seeds), the paper's claims judged against the seed spread, and draws the table. Rerunning resumes;
+a finished run is never repeated.
 
-    python tools/study.py --config-file configs/shapes_demo.yaml --seeds 1 2 3 \\
+    python tools/study.py --config-file configs/shapes_study.yaml --seeds 1 2 3 --jobs 2 \\
         --results study/results.json --output-root output/study [KEY VALUE ...]
 
 KEY VALUE pairs apply to every run (e.g. a shorter schedule); each setting adds its own overrides.

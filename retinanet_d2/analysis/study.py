@@ -209,19 +209,19 @@ def summarize(results: Dict[str, Dict], metric: str = "bbox/AP") -> Dict[str, Di
 
 
 def plot_summary(summary: Dict[str, Dict[str, float]], settings: Sequence[Setting], path: str) -> None:
-    """Bars of mean AP with +-1 std over seeds, one per setting in ``settings``' order, labelled
-    with the paper's finding (PNG)."""
+    """Horizontal bars of mean AP with +-1 std over seeds, one per setting in ``settings``' order
+    (top to bottom), each labelled with what the paper reports for it (PNG)."""
     names = [s.name for s in settings if s.name in summary]
-    figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.5))
+    paper = {s.name: s.paper for s in settings}
+    figure, axis = plt.subplots(figsize=(10, 0.9 + 0.42 * len(names)))
+    rows = range(len(names))[::-1]
     means = [summary[n]["mean"] for n in names]
     stds = [0.0 if math.isnan(summary[n]["std"]) else summary[n]["std"] for n in names]
-    axis.bar(range(len(names)), means, yerr=stds, capsize=4)
-    axis.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=8)
-    axis.set(ylabel="COCO bbox AP (mean +- std over seeds)", title="settings x seeds")
-    paper = {s.name: s.paper for s in settings}
-    for i, name in enumerate(names):
-        axis.annotate(paper[name], (i, means[i]), rotation=90, fontsize=6, ha="center", va="bottom",
-                      xytext=(0, 8), textcoords="offset points")
+    axis.barh(rows, means, xerr=stds, capsize=3, color="tab:blue")
+    axis.set_yticks(rows, [f"{n} (n={summary[n]['n']})\npaper: {paper[n]}" for n in names], fontsize=7)
+    axis.set(xlabel="COCO bbox AP, mean +- std over seeds", xlim=(0, max(means) * 1.15 + 1))
+    for row, mean, std in zip(rows, means, stds):
+        axis.annotate(f"{mean:.1f}", (mean + std, row), xytext=(4, -3), textcoords="offset points", fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
