@@ -6,8 +6,8 @@ class, negatives all other pairs. For each gamma the losses of each set are sort
 normalised to sum to one; the curve is the cumulative sum against the fraction of examples. The share
 of the loss carried by the hardest 5% of each set sums the figure up in one number per gamma.
 """
-import math
 import json
+import math
 from typing import Dict, Iterable, List, Sequence
 
 import matplotlib
