@@ -8,10 +8,10 @@ examples of a trained model over N training images, for several gamma (PNG + JSO
 import argparse
 import os
 
-from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 
 import retinanet_d2
+from retinanet_d2.analysis.batches import first_training_batches
 from retinanet_d2.analysis.loss_cdf import (
     FIG4_GAMMAS,
     HARDEST_FRACTION,
@@ -35,9 +35,7 @@ def main():
     cfg = retinanet_d2.load_config(args.config_file, args.opts)
     model = build_model(cfg)
     load_model_weights(model, cfg.MODEL.WEIGHTS)
-    mapper = DatasetMapper(cfg, is_train=True)
-    records = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[: args.images]
-    logits, labels = collect_logits(model, ([mapper(r)] for r in records))
+    logits, labels = collect_logits(model, first_training_batches(cfg, args.images))
     cdfs = normalised_loss_cdfs(logits, labels, args.gammas)
     os.makedirs(args.output_dir, exist_ok=True)
     png = os.path.join(args.output_dir, "fig4_loss_cdf.png")

@@ -15,10 +15,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from detectron2.data import DatasetCatalog, DatasetMapper  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 import retinanet_d2  # noqa: E402
+from retinanet_d2.analysis.batches import first_training_batches  # noqa: E402
 from retinanet_d2.analysis.study import (  # noqa: E402
     PAPER_GRID,
     anchors_per_foreground,
@@ -34,11 +34,9 @@ def training_imbalance(config_file, opts, images: int = 50) -> str:
     """Anchors per image and non-ignored anchors per foreground anchor over the first ``images``
     training images of the config (labels only: the weights do not matter)."""
     cfg = retinanet_d2.load_config(config_file, opts)
-    mapper = DatasetMapper(cfg, is_train=True)
-    records = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:images]
-    measured = anchors_per_foreground(build_model(cfg), ([mapper(r)] for r in records))
+    measured = anchors_per_foreground(build_model(cfg), first_training_batches(cfg, images))
     return (f"{measured['anchors_per_image']:,.0f} anchors per image, {measured['anchors_per_foreground']:,.0f} "
-            f"non-ignored anchors per foreground anchor ({len(records)} images)")
+            f"non-ignored anchors per foreground anchor ({measured['images']} images)")
 
 
 def main(argv=None) -> int:
