@@ -43,3 +43,39 @@ def test_bad_ohem_settings_name_the_key(key, value):
     cfg = tiny_cfg(**{"MODEL.FOCAL_RETINANET.LOSS": "ohem", f"MODEL.FOCAL_RETINANET.{key}": value})
     with pytest.raises(ValueError, match=key):
         build_model(cfg)
+
+
+def _reference_select(losses, boxes, labels, num_classes, batch_size, fg_fraction, nms_thresh):
+    """The module's algorithm in one pass: NMS over all 32 * B highest-loss non-ignored anchors."""
+    from detectron2.layers import nms
+
+    candidates = torch.nonzero(labels >= 0).squeeze(1)
+    candidates = candidates[losses[candidates].topk(min(len(candidates), 32 * batch_size)).indices]
+    kept = candidates[nms(boxes[candidates], losses[candidates], nms_thresh)]
+    if fg_fraction == -1:
+        return kept[:batch_size]
+    is_fg = labels[kept] < num_classes
+    foreground = kept[is_fg][: int(batch_size * fg_fraction)]
+    return torch.cat([foreground, kept[~is_fg][: batch_size - len(foreground)]])
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("fg_fraction", [-1, 0.25])
+def test_growing_nms_prefix_selects_what_nms_over_all_candidates_selects(seed, fg_fraction):
+    # 6000 anchors in 300 tight clusters (heavy suppression), 1% ignored, 0.5% foreground whose
+    # losses are the lowest (so the foreground quota is decided only by the last candidates) or random.
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.rand(300, 2, generator=generator) * 500
+    xy = centres.repeat_interleave(20, 0) + torch.randn(6000, 2, generator=generator) * 2
+    size = 20 + torch.rand(6000, 1, generator=generator) * 4
+    boxes = torch.cat([xy, xy + size], dim=1)
+    labels = torch.full((6000,), 3)
+    labels[torch.randperm(6000, generator=generator)[:60]] = -1
+    foreground = torch.randperm(6000, generator=generator)[:30]
+    labels[foreground] = torch.randint(0, 3, (30,), generator=generator)
+    losses = torch.rand(6000, generator=generator) + 1
+    if seed % 2:
+        losses[foreground] = torch.rand(30, generator=generator)
+    for batch_size in (16, 64, 256):
+        args = (losses, boxes, labels, 3, batch_size, fg_fraction, 0.5)
+        assert ohem_select(*args).tolist() == _reference_select(*args).tolist()

@@ -3,7 +3,8 @@
 Every non-ignored anchor is scored by its loss; NMS over the anchor boxes (scores = losses) removes
 near-duplicates; the B highest-loss anchors of each image form the minibatch (plain OHEM), or at most
 B * fg_fraction foreground anchors plus background anchors up to B (OHEM 1:3 with fg_fraction 0.25).
-For speed, NMS runs on the 32 * B highest-loss anchors only.
+For speed, NMS runs on the 32 * B highest-loss anchors only, and (with the same result) on fewer
+while those already decide the minibatch.
 """
 import torch
 from torch import Tensor
@@ -11,6 +12,7 @@ from torch import Tensor
 from detectron2.layers import nms
 
 CANDIDATES_PER_SLOT = 32
+FIRST_CANDIDATES_PER_SLOT = 2  # NMS first runs on this many per slot, doubled while undecided
 
 
 def check_ohem_args(batch_size: int, fg_fraction: float, nms_thresh: float) -> None:
@@ -46,12 +48,24 @@ def ohem_select(
         nms_thresh: IoU above which a lower-loss anchor is suppressed.
     """
     candidates = torch.nonzero(labels >= 0).squeeze(1)
-    top = losses[candidates].topk(min(len(candidates), CANDIDATES_PER_SLOT * batch_size)).indices
-    candidates = candidates[top]
-    kept = candidates[nms(boxes[candidates].float(), losses[candidates].float(), nms_thresh)]
-    if fg_fraction == -1:
-        return kept[:batch_size]
-    is_foreground = labels[kept] < num_classes
-    foreground = kept[is_foreground][: int(batch_size * fg_fraction)]
-    background = kept[~is_foreground][: batch_size - len(foreground)]
-    return torch.cat([foreground, background])
+    order = candidates[losses[candidates].topk(min(len(candidates), CANDIDATES_PER_SLOT * batch_size)).indices]
+    quota = batch_size if fg_fraction == -1 else int(batch_size * fg_fraction)
+    is_fg = labels[order] < num_classes
+    last_fg = int(torch.nonzero(is_fg).max()) + 1 if bool(is_fg.any()) else 0
+    # NMS decides an anchor by higher-loss anchors only, so NMS over the loss order's first `size`
+    # anchors keeps exactly the full NMS's survivors among them: grow `size` until they decide the pick.
+    size = FIRST_CANDIDATES_PER_SLOT * batch_size
+    while True:
+        prefix = order[:size]
+        kept = prefix[nms(boxes[prefix].float(), losses[prefix].float(), nms_thresh)]
+        if fg_fraction == -1:
+            if len(kept) >= batch_size or size >= len(order):
+                return kept[:batch_size]
+        else:
+            kept_fg = labels[kept] < num_classes
+            foreground = kept[kept_fg][:quota]
+            background = kept[~kept_fg][: batch_size - len(foreground)]
+            fg_decided = len(foreground) == quota or size >= last_fg
+            if (fg_decided and len(background) == batch_size - len(foreground)) or size >= len(order):
+                return torch.cat([foreground, background])
+        size *= 2
