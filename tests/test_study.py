@@ -94,11 +94,13 @@ def test_paper_grid_settings_are_distinct_and_complete():
 def test_tool_trains_a_tiny_grid_for_real(tmp_path):
     from test_deploy import load_tool
 
-    results = str(tmp_path / "study.json")
+    results, backbone = str(tmp_path / "study.json"), str(tmp_path / "backbone.pth")
     argv = ["--settings", "FL g2 a.25", "CE a0.75", "--seeds", "1", "--results", results,
             "--config-file", os.path.join(CONFIGS, "shapes_instant_test.yaml"), "--output-root", str(tmp_path / "runs"),
-            "SOLVER.MAX_ITER", "2", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
+            "--pretrain-iters", "1", "--pretrain-datasets", "shapes_tiny_train", "shapes_tiny_val",
+            "SOLVER.MAX_ITER", "2", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "MODEL.WEIGHTS", backbone]
     assert load_tool("study").main(argv) == 0
+    assert json.load(open(backbone + ".json"))["iterations"] == 1  # pretrained once, then loaded by each run
     runs = json.load(open(results))
     assert sorted(r["setting"] for r in runs.values()) == ["CE a0.75", "FL g2 a.25"]
     assert all(math.isfinite(r["bbox/AP"]) and r["wall_s"] > 0 for r in runs.values())

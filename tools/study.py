@@ -2,7 +2,9 @@
 """The paper's loss comparisons as a study of settings x seeds (retinanet_d2/analysis/study.py): runs
 every (setting, seed) not yet in the results file, then prints the table (mean +- std of bbox AP over
 seeds), the paper's claims judged against the seed spread, and draws the table. Rerunning resumes;
-a finished run is never repeated.
+a finished run is never repeated. If the config's MODEL.WEIGHTS is a local file that does not exist
+yet (configs/shapes_study.yaml's pretrained backbone), the backbone is pretrained there first
+(analysis/pretrain.py: object-crop classification on the demo's split, --pretrain-iters steps).
 
     python tools/study.py --config-file configs/shapes_study.yaml --seeds 1 2 3 --jobs 2 \\
         --results study/results.json --output-root output/study [KEY VALUE ...]
@@ -19,6 +21,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 import retinanet_d2  # noqa: E402
 from retinanet_d2.analysis.batches import first_training_batches  # noqa: E402
+from retinanet_d2.analysis.pretrain import PRETRAIN_DATASETS, ensure_pretrained_backbone  # noqa: E402
 from retinanet_d2.analysis.study import (  # noqa: E402
     PAPER_GRID,
     anchors_per_foreground,
@@ -30,10 +33,9 @@ from retinanet_d2.analysis.study import (  # noqa: E402
 )
 
 
-def training_imbalance(config_file, opts, images: int = 50) -> str:
+def training_imbalance(cfg, images: int = 50) -> str:
     """Anchors per image and non-ignored anchors per foreground anchor over the first ``images``
-    training images of the config (labels only: the weights do not matter)."""
-    cfg = retinanet_d2.load_config(config_file, opts)
+    training images of ``cfg`` (labels only: the weights do not matter)."""
     measured = anchors_per_foreground(build_model(cfg), first_training_batches(cfg, images))
     return (f"{measured['anchors_per_image']:,.0f} anchors per image, {measured['anchors_per_foreground']:,.0f} "
             f"non-ignored anchors per foreground anchor ({measured['images']} images)")
@@ -47,6 +49,11 @@ def main(argv=None) -> int:
     parser.add_argument("--output-root", default="output/study", help="one training folder per run under it")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, each with cores/jobs threads (2 on 2 cores: ~17%% more runs per hour)")
+    parser.add_argument("--pretrain-iters", type=int, default=400,
+                        help=f"if the config's MODEL.WEIGHTS is a local file that does not exist, pretrain the "
+                             "backbone there first, this many steps (0: never)")
+    parser.add_argument("--pretrain-datasets", nargs=2, default=PRETRAIN_DATASETS, metavar=("TRAIN", "VAL"),
+                        help="the datasets whose object crops the backbone learns to classify")
     parser.add_argument("--settings", nargs="+", help="names from the grid to run (default: all)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run: KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -58,7 +65,11 @@ def main(argv=None) -> int:
         if unknown:
             parser.error(f"unknown settings {unknown}; the grid has {[s.name for s in PAPER_GRID]}")
         settings = [s for s in PAPER_GRID if s.name in args.settings]
-    print(f"[study] imbalance of {args.config_file}'s training data: {training_imbalance(args.config_file, args.opts)}")
+    cfg = retinanet_d2.load_config(args.config_file, args.opts)
+    if args.pretrain_iters > 0 and cfg.MODEL.WEIGHTS and "://" not in cfg.MODEL.WEIGHTS:
+        record = ensure_pretrained_backbone(cfg, args.pretrain_iters, tuple(args.pretrain_datasets))
+        print(f"[study] pretrained backbone: {record}")
+    print(f"[study] imbalance of {args.config_file}'s training data: {training_imbalance(cfg)}")
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
     results = run_grid(args.config_file, settings, args.seeds, args.results, args.output_root, args.opts,
                        runner=functools.partial(train_net_run, threads=threads), jobs=args.jobs)
