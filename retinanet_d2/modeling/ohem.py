@@ -49,7 +49,6 @@ def ohem_select(
     """
     candidates = torch.nonzero(labels >= 0).squeeze(1)
     order = candidates[losses[candidates].topk(min(len(candidates), CANDIDATES_PER_SLOT * batch_size)).indices]
-    quota = batch_size if fg_fraction == -1 else int(batch_size * fg_fraction)
     is_fg = labels[order] < num_classes
     last_fg = int(torch.nonzero(is_fg).max()) + 1 if bool(is_fg.any()) else 0
     # NMS decides an anchor by higher-loss anchors only, so NMS over the loss order's first `size`
@@ -62,7 +61,7 @@ def ohem_select(
             if len(kept) >= batch_size or size >= len(order):
                 return kept[:batch_size]
         else:
-            kept_fg = labels[kept] < num_classes
+            quota, kept_fg = int(batch_size * fg_fraction), labels[kept] < num_classes
             foreground = kept[kept_fg][:quota]
             background = kept[~kept_fg][: batch_size - len(foreground)]
             fg_decided = len(foreground) == quota or size >= last_fg
