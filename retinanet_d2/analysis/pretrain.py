@@ -17,7 +17,8 @@ from torch import nn
 from detectron2.data import DatasetCatalog
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import build_resnet_backbone
-from detectron2.structures import BoxMode
+from detectron2.structures import Boxes, BoxMode
+from detectron2.structures.boxes import pairwise_intersection
 
 CONTEXT = 2.0  # a crop's side, in units of its object's longer side
 BACKBONE_PREFIX = "backbone.bottom_up."
@@ -34,14 +35,10 @@ def _square_crop(image: np.ndarray, cx: float, cy: float, side: float, size: int
     return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
 
 
-def _overlaps(crop: Tuple[float, float, float, float], boxes: np.ndarray, fraction: float) -> bool:
-    """Whether the XYXY ``crop`` covers more than ``fraction`` of any XYXY box in ``boxes``."""
-    if len(boxes) == 0:
-        return False
-    iw = np.clip(np.minimum(crop[2], boxes[:, 2]) - np.maximum(crop[0], boxes[:, 0]), 0, None)
-    ih = np.clip(np.minimum(crop[3], boxes[:, 3]) - np.maximum(crop[1], boxes[:, 1]), 0, None)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return bool(((iw * ih) > fraction * areas).any())
+def _overlaps(crop: Tuple[float, float, float, float], boxes: Boxes, fraction: float) -> bool:
+    """Whether the XYXY ``crop`` covers more than ``fraction`` of any box in ``boxes``."""
+    covered = pairwise_intersection(Boxes(torch.tensor([crop], dtype=boxes.tensor.dtype)), boxes)[0]
+    return bool((covered > fraction * boxes.area()).any())
 
 
 def object_crops(records: List[Dict], size: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -65,13 +62,14 @@ def object_crops(records: List[Dict], size: int, seed: int) -> Tuple[torch.Tenso
         boxes = np.array([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record["annotations"]],
                          dtype=np.float64).reshape(-1, 4)
         height, width = image.shape[:2]
+        box_list = Boxes(torch.from_numpy(boxes))
         for annotation, (x0, y0, x1, y1) in zip(record["annotations"], boxes):
             side = CONTEXT * max(x1 - x0, y1 - y0)
             crops.append(_square_crop(image, (x0 + x1) / 2, (y0 + y1) / 2, side, size))
             labels.append(annotation["category_id"])
             for _ in range(20):
                 cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-                if not _overlaps((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), boxes, 0.1):
+                if not _overlaps((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), box_list, 0.1):
                     crops.append(_square_crop(image, cx, cy, side, size))
                     labels.append(-1)
                     break
