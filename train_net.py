@@ -9,9 +9,11 @@
 import os
 import weakref
 
+import torch.distributed as dist
 from detectron2.config import LazyConfig
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
 
 import retinanet_d2
 from retinanet_d2.amp import MixedPrecisionTrainer, amp_dtype, device_type, inference_autocast
@@ -111,6 +113,17 @@ def argument_parser():
 
 
 def main(args):
+    """One process's run; a distributed process then closes its process group, because gloo's
+    threads left to the interpreter's exit can abort the finished process (SIGABRT,
+    "terminate called without an active exception")."""
+    result = train_or_evaluate(args)
+    if comm.get_world_size() > 1:
+        comm.synchronize()
+        dist.destroy_process_group()
+    return result
+
+
+def train_or_evaluate(args):
     for name, json_file, image_root in getattr(args, "dataset", []):  # in every process
         register_coco_dataset(name, json_file, image_root)
     cfg = setup(args)

@@ -1,5 +1,6 @@
 """Faults: a non-finite loss stops training by name; a SIGKILLed run resumes exactly; a batch split
-over 2 processes (gloo) gives the gradients of the whole batch in one process."""
+over 2 processes (gloo) gives the gradients of the whole batch in one process; train_net in 2
+processes closes its process group."""
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from detectron2.engine import SimpleTrainer
+from detectron2.engine import SimpleTrainer, launch
 from detectron2.utils.events import EventStorage
 
 from helpers import REPO, image_with_boxes, tiny_cfg, well_scaled_model
@@ -71,13 +72,25 @@ def test_resume_after_sigkill_continues_exactly(tmp_path):
         assert torch.equal(state["momentum_buffer"], resumed_sgd[key]["momentum_buffer"])
 
 
-def test_train_net_runs_two_cpu_processes(tmp_path):
-    log = run_train_net(
-        "--config-file", INSTANT, "--num-gpus", "2", "SOLVER.MAX_ITER", "3", "DATASETS.TEST", "()",
-        "OUTPUT_DIR", str(tmp_path),
-    )
-    assert "iter: 2" in log
-    assert os.path.isfile(tmp_path / "model_final.pth")
+def _train_net_then_report(argv, report_dir):
+    """A launched worker: train_net's own main, then a file saying whether a process group is still open."""
+    sys.path.insert(0, REPO)
+    import train_net
+
+    rank = dist.get_rank()
+    train_net.main(train_net.argument_parser().parse_args(argv))
+    with open(os.path.join(report_dir, f"rank{rank}_group_open"), "w") as f:
+        f.write(str(dist.is_initialized()))
+
+
+def test_train_net_in_two_cpu_processes_closes_its_process_group(tmp_path):
+    """detectron2's launch on gloo runs train_net.main in 2 processes; each closes its process group
+    (gloo threads left to the interpreter's exit can abort a finished worker)."""
+    argv = ["--config-file", INSTANT, "SOLVER.MAX_ITER", "3", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)]
+    launch(_train_net_then_report, 2, dist_url=f"file://{tmp_path / 'init'}", args=(argv, str(tmp_path)))
+    assert torch.load(tmp_path / "model_final.pth", weights_only=False)["iteration"] == 2
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}_group_open").read_text() == "False"
 
 
 def _split_batch_worker(rank, world_size, init_file, out_dir):
