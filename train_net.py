@@ -124,6 +124,7 @@ def main(args):
 
 
 def train_or_evaluate(args):
+    """Register the --dataset entries, then train or evaluate as the config (yacs or LazyConfig) and flags say."""
     for name, json_file, image_root in getattr(args, "dataset", []):  # in every process
         register_coco_dataset(name, json_file, image_root)
     cfg = setup(args)
