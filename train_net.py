@@ -11,39 +11,62 @@ import weakref
 
 import torch.distributed as dist
 from detectron2.config import LazyConfig
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.data import build_detection_test_loader
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, default_argument_parser, launch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
 import retinanet_d2
 from retinanet_d2.amp import MixedPrecisionTrainer, amp_dtype, device_type, inference_autocast
 from retinanet_d2.checkpoint import RetinaNetCheckpointer
-from retinanet_d2.compat import default_trainer_saves_optimizer, replace_train_loader
+from retinanet_d2.checkpoint.resolve import resolve_weights
+from retinanet_d2.compat import create_ddp_model, default_trainer_saves_optimizer, replace_train_loader
 from retinanet_d2.data import check_dataset_files, check_num_classes, register_coco_dataset
+from retinanet_d2.data.mapper import FileNamingDatasetMapper
 from retinanet_d2.data.resumable import build_resumable_train_loader
 from retinanet_d2.lazy_engine import lazy_eval_only, lazy_train
-from retinanet_d2.weights import resolve_weights
+from retinanet_d2.run_setup import (
+    check_config_values,
+    check_model_builds,
+    output_dir_of,
+    prepare_output_dir,
+    require_weights,
+    save_config,
+    setup_run,
+)
+from retinanet_d2.schedule import config_learning_rates, restore_config_learning_rates
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with COCOEvaluator, clear errors for missing or mismatched datasets,
-    MODEL.WEIGHTS in any format RetinaNetCheckpointer reads, and exact resumption: the optimizer
+    """DefaultTrainer with COCOEvaluator, clear errors for missing or mismatched datasets, weights in
+    any format RetinaNetCheckpointer reads, checkpoints written atomically and resumed from the newest
+    readable one, the config's learning rate applied on resume, and exact resumption: the optimizer
     state is checkpointed (detectron2 0.6 does not) and the train loader continues where the
     checkpointed run stopped; SOLVER.AMP.ENABLED trains in mixed precision on CUDA and CPU alike
-    (retinanet_d2/amp.py)."""
+    (retinanet_d2/amp.py); CPU models train in several processes on every detectron2 (compat.py)."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
+        """DefaultTrainer's construction, with this project's step trainer and checkpointer built
+        once (DefaultTrainer's own would build detectron2's and a DDP that refuses CPU models)."""
+        TrainerBase.__init__(self)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
         if cfg.SOLVER.AMP.ENABLED:  # CPU (bfloat16) too, and float16 or bfloat16 on CUDA
-            amp = self._trainer
             self._trainer = MixedPrecisionTrainer(
-                amp.model, amp.data_loader, amp.optimizer, device_type=device_type(cfg), dtype=amp_dtype(cfg)
+                model, data_loader, optimizer, device_type=device_type(cfg), dtype=amp_dtype(cfg)
             )
-        # Loads detectron2, Detectron and torchvision files; saves as detectron2's does (the
-        # PeriodicCheckpointer hook keeps detectron2's checkpointer, which saves the same state).
-        self.checkpointer = RetinaNetCheckpointer(
-            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.config_lrs = config_learning_rates(optimizer)
+        self.checkpointer = RetinaNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -76,38 +99,60 @@ class Trainer(DefaultTrainer):
             self._trainer.load_state_dict(state["_trainer"])
 
     def resume_or_load(self, resume=True):
-        super().resume_or_load(resume=resume)
-        if self.start_iter > 0:
+        """The newest readable checkpoint of OUTPUT_DIR with ``resume`` (model, optimizer, scheduler,
+        iteration, then the data stream from there and the config's learning rate), else MODEL.WEIGHTS."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if self.checkpointer.resumed_from:
+            self.start_iter = self.iter + 1
+            restore_config_learning_rates(self.optimizer, self.config_lrs, self.scheduler, self.start_iter)
             replace_train_loader(self._trainer, self.build_train_loader(self.cfg, self.start_iter))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         check_dataset_files(dataset_name)
-        loader = super().build_test_loader(cfg, dataset_name)
+        loader = build_detection_test_loader(cfg, dataset_name, mapper=FileNamingDatasetMapper(cfg, is_train=False))
         check_num_classes(dataset_name, cfg.MODEL.RETINANET.NUM_CLASSES)
         return loader
 
 
 def setup(args):
     """The config of ``args``: a yacs file (.yaml) with this project's node, or a LazyConfig file
-    (.py), with the command line's overrides (KEY VALUE pairs for yacs, key=value for LazyConfig)."""
+    (.py), with the command line's overrides (KEY VALUE pairs for yacs, key=value for LazyConfig);
+    its values checked and its model built on the meta device before anything is written, then the
+    output folder checked (run_setup.prepare_output_dir) and logging and seeds set up."""
     if args.config_file.endswith(".py"):
         cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
     else:
         cfg = retinanet_d2.load_config(args.config_file, args.opts)
         cfg.freeze()
-    default_setup(cfg, args)
+    check_config_values(cfg)
+    check_model_builds(cfg)
+    if not args.eval_only:
+        key = "train.output_dir" if args.config_file.endswith(".py") else "OUTPUT_DIR"
+        prepare_output_dir(output_dir_of(cfg), resume=args.resume, start_over=args.start_over, key=key)
+    setup_run(cfg, args)
     return cfg
 
 
 def argument_parser():
-    """detectron2's default_argument_parser with --dataset NAME JSON IMAGE_DIR (repeatable)."""
+    """detectron2's default_argument_parser with --dataset NAME JSON IMAGE_DIR (repeatable),
+    --start-over and --allow-random-weights."""
     parser = default_argument_parser()
     parser.add_argument(
         "--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
         help="register a COCO-format dataset (instances json + image folder) as NAME before the "
         "loaders are built; then name it in DATASETS.TRAIN / DATASETS.TEST (yacs) or "
         "dataloader.train.dataset.names / dataloader.test.dataset.names (LazyConfig)",
+    )
+    parser.add_argument(
+        "--start-over", action="store_true",
+        help="train anew into an output folder that holds an earlier run's checkpoints, after moving "
+        "that run's files into OUTPUT_DIR/replaced_<time>/ (without it such a run is refused)",
+    )
+    parser.add_argument(
+        "--allow-random-weights", action="store_true",
+        help="--eval-only without weights, or with weights that leave layers of the model "
+        "uninitialised (without it both are refused)",
     )
     return parser
 
@@ -130,18 +175,20 @@ def train_or_evaluate(args):
     cfg = setup(args)
     if args.config_file.endswith(".py"):  # LazyConfig (retinanet_d2/lazy_engine.py)
         if args.eval_only:
-            return lazy_eval_only(cfg, resume=args.resume)
+            return lazy_eval_only(cfg, resume=args.resume, allow_random_weights=args.allow_random_weights)
         return lazy_train(cfg, resume=args.resume)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        RetinaNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            resolve_weights(cfg.MODEL.WEIGHTS), resume=args.resume
-        )
+        checkpointer = RetinaNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR, require_complete=not args.allow_random_weights)
+        require_weights(checkpointer, cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", resume=args.resume,
+                        allow_random_weights=args.allow_random_weights)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     if not args.resume:
         resolve_weights(cfg.MODEL.WEIGHTS)  # fail before building the data loader, naming the file
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    save_config(cfg)
     return trainer.train()
 
 

@@ -15,6 +15,7 @@ import torch
 
 from detectron2.engine import AMPTrainer
 
+from .compat import after_backward
 from .config import retinanet_node
 
 # Values accepted by MODEL.FOCAL_RETINANET.AMP_DTYPE ("" picks by device: see amp_dtype).
@@ -94,6 +95,7 @@ class MixedPrecisionTrainer(AMPTrainer):
         losses = sum(loss_dict.values())
         self.optimizer.zero_grad()
         self.grad_scaler.scale(losses).backward()
+        after_backward(self)
         self._write_metrics(loss_dict, data_time)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()

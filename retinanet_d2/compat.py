@@ -32,3 +32,25 @@ def replace_train_loader(simple_trainer, data_loader) -> None:
     else:
         simple_trainer.data_loader = data_loader
         simple_trainer._data_loader_iter = iter(data_loader)
+
+
+def create_ddp_model(model, **kwargs):
+    """detectron2's ``create_ddp_model`` for a model on any device: ``model`` itself in one process,
+    else DistributedDataParallel with ``kwargs``.
+
+    detectron2 passes ``device_ids=[local rank]`` unless told otherwise, which DistributedDataParallel
+    refuses for a CPU model (v0.6 had CUDA only; current main does the same on CPU); a CPU model gets
+    ``device_ids=None``.
+    """
+    from detectron2.engine.defaults import create_ddp_model as detectron2_create_ddp_model
+
+    if next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return detectron2_create_ddp_model(model, **kwargs)
+
+
+def after_backward(trainer) -> None:
+    """Run the hooks' ``after_backward`` (called by current detectron2's trainers between backward
+    and the optimizer step; detectron2 0.6 has no such hook stage)."""
+    if hasattr(trainer, "after_backward"):
+        trainer.after_backward()

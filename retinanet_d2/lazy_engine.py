@@ -16,14 +16,15 @@ import torch
 
 from detectron2.config import instantiate
 from detectron2.engine import SimpleTrainer, default_writers, hooks
-from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from .amp import MixedPrecisionTrainer, autocast_if, resolve_amp_dtype
 from .checkpoint import RetinaNetCheckpointer
+from .compat import create_ddp_model
 from .data import check_dataset_files, check_num_classes
-from .weights import resolve_weights
+from .run_setup import require_weights, save_config
+from .schedule import config_learning_rates, restore_config_learning_rates
 
 logger = logging.getLogger("detectron2")
 
@@ -55,18 +56,17 @@ def lazy_test(cfg, model):
     return results
 
 
-def _load(checkpointer: RetinaNetCheckpointer, init_checkpoint: str, resume: bool) -> bool:
-    """Load the last checkpoint of the checkpointer's folder if ``resume`` and there is one (True),
-    else ``init_checkpoint`` (a path or URL; "" for none), failing with its name if unreachable."""
-    resuming = resume and checkpointer.has_checkpoint()
-    checkpointer.resume_or_load("" if resuming else resolve_weights(init_checkpoint), resume=resuming)
-    return resuming
-
-
-def lazy_eval_only(cfg, resume: bool):
-    """--eval-only: the last checkpoint of train.output_dir with ``resume``, else train.init_checkpoint."""
+def lazy_eval_only(cfg, resume: bool, allow_random_weights: bool = False):
+    """--eval-only: the newest checkpoint of train.output_dir with ``resume``, else
+    train.init_checkpoint; refused without weights, or with weights that leave layers uninitialised,
+    unless ``allow_random_weights``."""
     model = build_lazy_model(cfg)
-    _load(RetinaNetCheckpointer(model, save_dir=cfg.train.output_dir), cfg.train.init_checkpoint, resume)
+    checkpointer = RetinaNetCheckpointer(
+        model, save_dir=cfg.train.output_dir, weights_key="train.init_checkpoint", require_complete=not allow_random_weights
+    )
+    require_weights(checkpointer, cfg.train.init_checkpoint, "train.init_checkpoint", resume=resume,
+                    allow_random_weights=allow_random_weights)
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     return lazy_test(cfg, create_ddp_model(model))
 
 
@@ -75,8 +75,6 @@ def lazy_train(cfg, resume: bool):
     train_amp, _, device, dtype = _amp_settings(cfg)
     model = build_lazy_model(cfg)
     logger.info(f"Model:\n{model}")
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
     names = cfg.dataloader.train.dataset.names
     names = [names] if isinstance(names, str) else list(names)
     for name in names:
@@ -84,12 +82,16 @@ def lazy_train(cfg, resume: bool):
     loader = instantiate(cfg.dataloader.train)
     for name in names:  # the classes are known once the dataset is loaded
         check_num_classes(name, cfg.model.num_classes, key="model.num_classes")
+    save_config(cfg)  # before the model object joins the optimizer's node (not part of the config)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    config_lrs = config_learning_rates(optimizer)
     model = create_ddp_model(model, **cfg.train.get("ddp", {}))
     if train_amp:
         trainer = MixedPrecisionTrainer(model, loader, optimizer, device_type=device, dtype=dtype)
     else:
         trainer = SimpleTrainer(model, loader, optimizer)
-    checkpointer = RetinaNetCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = RetinaNetCheckpointer(model, cfg.train.output_dir, weights_key="train.init_checkpoint", trainer=trainer)
     main_process = comm.is_main_process()
     trainer.register_hooks(
         [
@@ -102,6 +104,9 @@ def lazy_train(cfg, resume: bool):
             else None,
         ]
     )
-    resumed = _load(checkpointer, cfg.train.init_checkpoint, resume)
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # A checkpoint holds the iteration it finished; training goes on from the next one.
-    trainer.train(trainer.iter + 1 if resumed else 0, cfg.train.max_iter)
+    start_iter = trainer.iter + 1 if checkpointer.resumed_from else 0
+    if start_iter:  # the LR scheduler hook builds its schedule from these rates before training
+        restore_config_learning_rates(optimizer, config_lrs, iteration=start_iter)
+    trainer.train(start_iter, cfg.train.max_iter)

@@ -22,6 +22,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from .amp import inference_autocast
+from .atomic import atomic_open, atomic_path
 from .checkpoint import load_model_weights
 from .visualize import draw_detections
 
@@ -62,12 +63,20 @@ def image_ids(paths: List[str]) -> List[int]:
 
 class Predictor:
     """cfg's model with MODEL.WEIGHTS loaded, in eval mode; call it on an (H, W, 3) uint8 image in
-    cfg.INPUT.FORMAT to get its detections (Instances, original pixel coordinates)."""
+    cfg.INPUT.FORMAT to get its detections (Instances, original pixel coordinates).
 
-    def __init__(self, cfg):
+    ValueError without MODEL.WEIGHTS, or with weights that leave layers of the model uninitialised
+    (other than the class-dependent predictor), unless ``allow_random_weights``."""
+
+    def __init__(self, cfg, allow_random_weights: bool = False):
         self.cfg = cfg
         self.model = build_model(cfg).eval()
-        load_model_weights(self.model, cfg.MODEL.WEIGHTS)
+        if not cfg.MODEL.WEIGHTS and not allow_random_weights:
+            raise ValueError(
+                "MODEL.WEIGHTS is empty: the model would be untrained. Pass MODEL.WEIGHTS /path/model.pth "
+                "(or --allow-random-weights to use an untrained model on purpose)"
+            )
+        load_model_weights(self.model, cfg.MODEL.WEIGHTS, require_complete=not allow_random_weights)
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -119,6 +128,14 @@ def predict_files(
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise ValueError(f"several inputs would be drawn to the same file name: {clashes}")
+    inputs = {os.path.realpath(p) for p in paths}
+    written = [os.path.join(output_dir, n) for n in names + [RESULTS_FILE, IMAGE_IDS_FILE]]
+    overwritten = sorted(p for p in written if os.path.realpath(p) in inputs)
+    if overwritten:
+        raise ValueError(
+            f"--output {output_dir} would overwrite {len(overwritten)} of the input files "
+            f"(e.g. {overwritten[0]}); nothing was written. Choose another output folder"
+        )
     os.makedirs(output_dir, exist_ok=True)
     categories = dataset_category_ids(predictor.cfg)
     labels = class_names(predictor.cfg)
@@ -137,10 +154,12 @@ def predict_files(
             results.append(result)
         rgb = convert_image_to_rgb(image, predictor.cfg.INPUT.FORMAT)
         drawn = draw_detections(np.ascontiguousarray(rgb[:, :, ::-1]), instances, labels, draw_threshold)
-        cv2.imwrite(os.path.join(output_dir, name), drawn[:, :, ::-1])
-    with open(os.path.join(output_dir, RESULTS_FILE), "w") as f:
+        with atomic_path(os.path.join(output_dir, name)) as tmp:
+            if not cv2.imwrite(tmp, drawn[:, :, ::-1]):
+                raise OSError(f"could not write {os.path.join(output_dir, name)}")
+    with atomic_open(os.path.join(output_dir, RESULTS_FILE), "w") as f:
         json.dump(results, f)
     unreadable = {path for path, _ in skipped}
-    with open(os.path.join(output_dir, IMAGE_IDS_FILE), "w") as f:
+    with atomic_open(os.path.join(output_dir, IMAGE_IDS_FILE), "w") as f:
         json.dump({str(i): p for i, p in zip(ids, paths) if p not in unreadable}, f, indent=1)
     return results, skipped

@@ -14,8 +14,9 @@ no official detectron2 is present, after ``bridge_sources`` has rewritten the ex
 * ``pkg_resources`` (gone from recent setuptools) -> the path of ``detectron2/model_zoo``.
 * ``caffe2`` (not in today's torch), imported by v0.6's ``detectron2.export``: its Caffe2 API is
   imported only when caffe2 exists, as in current detectron2, so TracingAdapter works.
-* CPU-only distributed training (gloo), which v0.6 refuses: ``launch`` picks gloo without CUDA and
-  ``create_ddp_model`` passes no device_ids for CPU models.
+* CPU-only distributed training (gloo), which v0.6's ``launch`` refuses: it picks gloo without CUDA.
+  (``create_ddp_model``'s device_ids for CPU models is bridged at run time, in compat.py, for every
+  detectron2.)
 
 The rewrite touches only the extracted detectron2 sources, so nothing changes for other libraries or
 user code, and an official detectron2 (with its compiled ops) is never touched. Each rule must match
@@ -160,12 +161,6 @@ SOURCE_BRIDGES: List[SourceBridge] = [
         "else:\n"
         "    from .api import *\n",
         "v0.6 imports caffe2 with detectron2.export; TracingAdapter and TorchScript export need none",
-    ),
-    SourceBridge(
-        "detectron2/engine/defaults.py",
-        r'if "device_ids" not in kwargs:',
-        'if "device_ids" not in kwargs and torch.cuda.is_available():',
-        "DistributedDataParallel takes no device_ids for a CPU model",
     ),
 ] + [
     SourceBridge(path, _NUMPY_ALIAS, r"\1", "np.int/np.float/np.bool were removed in numpy 1.24")

@@ -1,6 +1,8 @@
 """Tiny models for CPU tests: R18 + FPN 32 channels + 1-conv heads, with weights scaled so that
 activations stay O(1) and scores are spread (no ties from saturated sigmoids)."""
 import os
+import subprocess
+import sys
 
 import torch
 from torch import nn
@@ -13,6 +15,20 @@ from retinanet_d2.reference import detectron2_retinanet_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
+INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
+
+
+def train_net_process(*args, **kwargs):
+    """train_net.py run with ``args`` in a new process (the repository as working folder)."""
+    return subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), *args],
+                          capture_output=True, text=True, cwd=REPO, **kwargs)
+
+
+def run_train_net(*args):
+    """train_net.py with ``args``, which must succeed; its output (stdout and stderr)."""
+    result = train_net_process(*args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
 
 
 def tiny_cfg(**overrides):

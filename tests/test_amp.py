@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from detectron2.engine import HookBase, TrainerBase
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from helpers import CONFIGS, image_with_boxes, tiny_cfg, well_scaled_model
-from test_train_net import run_train_net
+from helpers import CONFIGS, INSTANT, image_with_boxes, run_train_net, tiny_cfg, well_scaled_model
 from retinanet_d2.amp import MixedPrecisionTrainer, amp_dtype, inference_autocast
 from retinanet_d2.modeling.losses import focal_loss_from_labels, sigmoid_focal_loss, sigmoid_focal_loss_star
 
@@ -135,7 +135,21 @@ def test_bfloat16_training_steps_are_finite_and_decrease_the_loss():
     assert max(totals[4:]) < totals[0]  # every later step below the first (momentum makes it noisy)
 
 
-INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
+@pytest.mark.skipif(not hasattr(TrainerBase, "after_backward"), reason="detectron2 0.6 has no after_backward hooks")
+def test_mixed_precision_steps_call_the_hooks_after_backward():
+    """As detectron2's own trainers do: between backward (gradients present) and the optimizer step."""
+    model = build_model(tiny_cfg()).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    trainer = MixedPrecisionTrainer(model, [[image_with_boxes()]] * 2, optimizer, device_type="cpu", dtype=torch.bfloat16)
+    seen = []
+
+    class GradientsSeen(HookBase):
+        def after_backward(self):
+            seen.append(model.head.cls_score.weight.grad is not None)
+
+    trainer.register_hooks([GradientsSeen()])
+    trainer.train(0, 2)
+    assert seen == [True, True]
 
 
 def _train(tmp_path, amp: bool, max_iter: int, resume: bool):

@@ -1,5 +1,7 @@
 """The bridges over detectron2 0.6's gaps (retinanet_d2/source_bridges.py), tested on the installed
-detectron2. Skipped where an official detectron2 with compiled ops is installed (nothing bridged)."""
+detectron2 and skipped where an official detectron2 with compiled ops is installed (nothing bridged);
+the compiled ops this project reaches, tested on an official build and skipped on the registry's.
+CI runs the suite on both builds (.ci/run)."""
 import inspect
 import os
 import subprocess
@@ -13,6 +15,7 @@ from retinanet_d2 import compat
 from retinanet_d2 import source_bridges as bridges
 
 bridged = pytest.mark.skipif(compat.has_compiled_ops(), reason="official detectron2: not bridged")
+official = pytest.mark.skipif(not compat.has_compiled_ops(), reason="registry detectron2: no compiled ops")
 
 
 def test_bridge_rewrites_and_refuses_an_unknown_source():
@@ -54,8 +57,8 @@ def test_numpy_alias_bridge_in_the_class_histogram():
     print_instances_class_histogram(dicts, ["a", "b"])  # np.int before the bridge
 
 
-@bridged
-def test_model_zoo_configs_without_pkg_resources():
+def test_model_zoo_configs_on_todays_setuptools():
+    """The registry's sources are bridged; an official build keeps a setuptools with pkg_resources (setup)."""
     from detectron2 import model_zoo
 
     path = model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
@@ -90,3 +93,26 @@ def test_collect_env_reports_the_missing_compiler():
     from detectron2.utils.collect_env import collect_env_info
 
     assert "installed without compiled ops" in collect_env_info()
+
+
+@official
+def test_coco_evaluator_fast_path_is_detectron2s_compiled_cocoeval():
+    """COCOEvaluator's fast path on an official build is detectron2's C++ COCOeval (test_evaluation
+    checks its 12 metrics against pycocotools' on both builds)."""
+    from detectron2 import _C
+    from detectron2.evaluation import coco_evaluation, fast_eval_api
+
+    assert coco_evaluation.COCOeval_opt is fast_eval_api.COCOeval_opt
+    assert callable(_C.COCOevalEvaluateImages) and callable(_C.COCOevalAccumulate)
+
+
+def test_ddp_of_a_cpu_model_takes_no_device_ids(monkeypatch):
+    """compat.create_ddp_model passes device_ids=None for a CPU model, whatever detectron2 defaults to."""
+    from detectron2.engine import defaults
+
+    seen = {}
+    monkeypatch.setattr(defaults.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(defaults, "DistributedDataParallel", lambda model, **kwargs: seen.update(kwargs) or model)
+    model = torch.nn.Linear(2, 2)
+    assert compat.create_ddp_model(model, broadcast_buffers=False) is model
+    assert seen == {"device_ids": None, "broadcast_buffers": False}

@@ -3,6 +3,7 @@ over 2 processes (gloo) gives the gradients of the whole batch in one process; t
 processes closes its process group."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,9 +17,9 @@ from torch.nn.parallel import DistributedDataParallel
 from detectron2.engine import SimpleTrainer, launch
 from detectron2.utils.events import EventStorage
 
-from helpers import REPO, image_with_boxes, tiny_cfg, well_scaled_model
+import retinanet_d2
+from helpers import INSTANT, REPO, image_with_boxes, run_train_net, tiny_cfg, well_scaled_model
 from retinanet_d2.modeling.meta_arch import FocalRetinaNet
-from test_train_net import INSTANT, run_train_net
 
 DETERMINISTIC = ["DATALOADER.NUM_WORKERS", "0", "INPUT.RANDOM_FLIP", "none", "SEED", "3"]
 
@@ -117,3 +118,42 @@ def test_batch_split_over_two_processes_gives_the_same_gradients(tmp_path):
     for name, param in trained:
         error = (split[name] - param.grad).abs().max() / param.grad.abs().max()
         assert error < 1e-4, (name, error)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_train_together_as_one_process_on_the_whole_batch(tmp_path):
+    """train_net.py started twice as two machines (one process each, gloo over TCP), one image each,
+    takes the same SGD step as one process on both images (the same initial weights, data stream
+    and seed): the gradients of the whole batch."""
+    initial = tmp_path / "initial.pth"
+    cfg = retinanet_d2.load_config(INSTANT, ["MODEL.DEVICE", "cpu"])
+    torch.save({"model": well_scaled_model(cfg).state_dict()}, initial)
+    step = ["--config-file", INSTANT, *DETERMINISTIC, "MODEL.WEIGHTS", str(initial), "SOLVER.MAX_ITER", "1",
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.01", "DATASETS.TEST", "()"]
+    run_train_net(*step, "OUTPUT_DIR", str(tmp_path / "one"))
+    url = f"tcp://127.0.0.1:{free_port()}"
+    machines = [
+        subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "train_net.py"), "--num-gpus", "1", "--num-machines", "2",
+             "--machine-rank", str(rank), "--dist-url", url, *step, "OUTPUT_DIR", str(tmp_path / "two")],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    logs = [machine.communicate(timeout=300)[0] for machine in machines]
+    assert [m.returncode for m in machines] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert "World size: 2" in logs[0]
+    start = torch.load(initial, weights_only=True)["model"]
+    one = torch.load(tmp_path / "one" / "model_final.pth", weights_only=True)["model"]
+    two = torch.load(tmp_path / "two" / "model_final.pth", weights_only=True)["model"]
+    moved = [name for name in one if one[name].is_floating_point() and not torch.equal(one[name], start[name])]
+    assert len(moved) > 20
+    for name in moved:  # within 0.1% of the step, plus the rounding of w + step (a float32 ulp or two)
+        update = (one[name] - start[name]).abs().max()
+        rounding = 2 * torch.finfo(torch.float32).eps * start[name].abs().max()
+        assert (two[name] - one[name]).abs().max() <= 1e-3 * update + rounding, name

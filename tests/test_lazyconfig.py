@@ -13,13 +13,11 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.events import EventStorage
 
 import retinanet_d2
-from helpers import CONFIGS, REPO, image_with_boxes, well_scaled_model
+from helpers import CONFIGS, INSTANT, REPO, image_with_boxes, run_train_net, well_scaled_model
 from retinanet_d2.data.shapes import SPLITS, default_root, generate_split, split_paths
-from test_train_net import run_train_net
 from weights_files import randomize_norms
 
 LAZY_DEMO = os.path.join(CONFIGS, "lazy", "shapes_demo.py")
-INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
 # The LazyConfig demo shrunk to the tiny splits and a few iterations.
 LAZY_TINY = [
     "dataloader.train.dataset.names=shapes_tiny_train", "dataloader.test.dataset.names=shapes_tiny_val",

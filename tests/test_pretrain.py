@@ -39,7 +39,7 @@ def test_pretrained_backbone_loads_into_the_detector_and_is_reused(tmp_path):
     saved = torch.load(cfg.MODEL.WEIGHTS, weights_only=True)["model"]
     model = build_model(cfg)
     assert set(saved) == {BACKBONE_PREFIX + k for k in model.backbone.bottom_up.state_dict()}
-    load_model_weights(model, cfg.MODEL.WEIGHTS)
+    load_model_weights(model, cfg.MODEL.WEIGHTS, require_complete=False)  # a backbone: the head stays random
     state = model.state_dict()
     assert all(torch.equal(state[name], value) for name, value in saved.items())
 

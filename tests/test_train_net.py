@@ -13,19 +13,9 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import retinanet_d2
-from helpers import CONFIGS, REPO, as_detectron2_retinanet, image_with_boxes, well_scaled_model
+from helpers import CONFIGS, INSTANT, REPO, as_detectron2_retinanet, image_with_boxes, run_train_net, well_scaled_model
 from weights_files import detectron_blobs, randomize_norms, write_pickle
 
-INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
-
-
-def run_train_net(*args):
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train_net.py"), *args],
-        capture_output=True, text=True, cwd=REPO,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
 
 
 def test_train_then_eval_only_from_the_checkpoint(tmp_path):

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
 import retinanet_d2  # noqa: E402
+from retinanet_d2.atomic import atomic_path  # noqa: E402
 from retinanet_d2.export import export_onnx, script, trace  # noqa: E402
 from retinanet_d2.predict import Predictor  # noqa: E402
 
@@ -33,6 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-image", help="an image to trace the model on (tracing)")
     parser.add_argument("--output", required=True, help="folder for model.ts / model.onnx")
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx; tracing)")
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="run without MODEL.WEIGHTS, or with weights that leave layers uninitialised")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     tracing = args.export_method == "tracing"
@@ -43,16 +46,18 @@ def main(argv=None) -> int:
     cfg = retinanet_d2.load_config(args.config_file, args.opts)
     cfg.freeze()
 
-    predictor = Predictor(cfg)
+    predictor = Predictor(cfg, allow_random_weights=args.allow_random_weights)
     os.makedirs(args.output, exist_ok=True)
     if not tracing:
-        script(predictor.model).save(os.path.join(args.output, "model.ts"))
+        with atomic_path(os.path.join(args.output, "model.ts")) as tmp:
+            script(predictor.model).save(tmp)
         print(f"[export_model] scripted TorchScript -> {args.output}")
         return 0
     image = read_image(args.sample_image, format=cfg.INPUT.FORMAT)
     tensor = predictor.preprocess(image).to(cfg.MODEL.DEVICE)
     traced, adapter = trace(predictor.model, tensor)
-    traced.save(os.path.join(args.output, "model.ts"))
+    with atomic_path(os.path.join(args.output, "model.ts")) as tmp:
+        traced.save(tmp)
     if args.onnx:
         export_onnx(adapter, tensor, os.path.join(args.output, "model.onnx"))
     print(f"[export_model] TorchScript{' and ONNX' if args.onnx else ''} -> {args.output}")

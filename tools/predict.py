@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
     parser.add_argument("--output", required=True, help="folder for drawn images and JSON")
     parser.add_argument("--draw-threshold", type=float, default=0.5, help="lowest score drawn")
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="run without MODEL.WEIGHTS, or with weights that leave layers uninitialised")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     setup_logger(name="retinanet_d2")
@@ -33,7 +35,7 @@ def main(argv=None) -> int:
     cfg.freeze()
 
     paths = list_images(args.input)
-    results, skipped = predict_files(Predictor(cfg), paths, args.output, args.draw_threshold)
+    results, skipped = predict_files(Predictor(cfg, allow_random_weights=args.allow_random_weights), paths, args.output, args.draw_threshold)
     print(f"[predict] {len(paths) - len(skipped)} images, {len(results)} detections -> {args.output}")
     for path, reason in skipped:
         print(f"[predict] skipped {path}: {reason}", file=sys.stderr)

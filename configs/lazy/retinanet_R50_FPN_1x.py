@@ -2,11 +2,15 @@
 # and 80k, 90k iterations. Train: python train_net.py --config-file configs/lazy/retinanet_R50_FPN_1x.py
 from detectron2.model_zoo import get_config
 
+from retinanet_d2.data.mapper import FileNamingDatasetMapper
+
 from .focal_retinanet_model import model
 
 dataloader = get_config("common/data/coco.py").dataloader
 dataloader.train.mapper.augmentations[0].short_edge_length = (800,)
 dataloader.train.mapper.use_instance_mask = False
+dataloader.train.mapper._target_ = FileNamingDatasetMapper  # the loader's errors name the image file
+dataloader.test.mapper._target_ = FileNamingDatasetMapper
 optimizer = get_config("common/optim.py").SGD
 optimizer.lr = 0.01
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_1x

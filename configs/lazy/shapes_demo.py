@@ -3,7 +3,7 @@
 #   python train_net.py --config-file configs/lazy/shapes_demo.py
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.evaluation import COCOEvaluator
 from detectron2.layers import ShapeSpec
 from detectron2.model_zoo import get_config
@@ -12,6 +12,7 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 
 import retinanet_d2  # noqa: F401  (registers the shapes splits)
+from retinanet_d2.data.mapper import FileNamingDatasetMapper
 
 from .focal_retinanet_model import model
 
@@ -31,7 +32,7 @@ model.pixel_std = [57.375, 57.120, 58.395]
 dataloader = OmegaConf.create()
 dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="shapes_train"),
-    mapper=L(DatasetMapper)(
+    mapper=L(FileNamingDatasetMapper)(
         is_train=True,
         augmentations=[
             L(T.ResizeShortestEdge)(short_edge_length=(224,), max_size=224, sample_style="choice"),
@@ -44,7 +45,7 @@ dataloader.train = L(build_detection_train_loader)(
 )
 dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="shapes_val", filter_empty=False),
-    mapper=L(DatasetMapper)(
+    mapper=L(FileNamingDatasetMapper)(
         is_train=False, augmentations=[L(T.ResizeShortestEdge)(short_edge_length=224, max_size=224)], image_format="BGR"
     ),
     num_workers=2,

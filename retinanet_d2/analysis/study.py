@@ -137,13 +137,14 @@ def save_results(path: str, results: Dict[str, Dict]) -> None:
 
 def train_net_run(config_file: str, overrides: Sequence[str], output_dir: str, threads: int = 0) -> Dict[str, float]:
     """Train with the repository's train_net.py in a subprocess (with ``threads`` intra-op threads if
-    > 0); the final METRICS of the run and its wall time in seconds. RuntimeError with the log's end
-    if training fails."""
+    > 0); the final METRICS of the run and its wall time in seconds. A run killed earlier goes on from
+    its newest checkpoint (--resume; a folder without one starts afresh). RuntimeError with the log's
+    end if training fails."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}))
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, os.path.join(repo, "train_net.py"), "--config-file", config_file, *overrides,
+        [sys.executable, os.path.join(repo, "train_net.py"), "--config-file", config_file, "--resume", *overrides,
          "OUTPUT_DIR", output_dir],
         capture_output=True, text=True, cwd=repo, env=env,
     )

@@ -6,6 +6,7 @@ from typing import Dict
 import numpy as np
 import torch
 
+from ..atomic import atomic_open
 from .formats import read_weights
 
 
@@ -17,7 +18,7 @@ def convert_weights_file(source: str, target: str) -> Dict:
     Raises ValueError for Caffe2 weights that only name heuristics can match to a model (ImageNet
     backbones): MODEL.WEIGHTS loads those directly.
     """
-    checkpoint = read_weights(source)
+    checkpoint = read_weights(source, source="the weights to convert")
     if checkpoint.get("matching_heuristics", False):
         raise ValueError(
             f"{source} holds Caffe2 weights without a detector head (e.g. an ImageNet backbone); "
@@ -28,9 +29,10 @@ def convert_weights_file(source: str, target: str) -> Dict:
     state = checkpoint["model"]
     if target.endswith(".pkl"):
         arrays = {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in state.items()}
-        with open(target, "wb") as f:
+        with atomic_open(target, "wb") as f:
             pickle.dump({"model": arrays, "__author__": author}, f)
     else:
         tensors = {k: torch.as_tensor(v) for k, v in state.items()}
-        torch.save({"model": tensors, "__author__": author}, target)
+        with atomic_open(target, "wb") as f:
+            torch.save({"model": tensors, "__author__": author}, f)
     return state

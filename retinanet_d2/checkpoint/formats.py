@@ -10,9 +10,10 @@ Formats (``FORMATS``, named as the logs name them):
   files) or as ``{"model": ...}`` (checkpoints of torchvision's reference training scripts).
 """
 import logging
+import os
 import pickle
 import zipfile
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -41,6 +42,11 @@ def read_file(path: str) -> Any:
     Raises ValueError if it is neither, or if it needs a global that weights never need (the
     error names it; nothing of the file was called).
     """
+    if os.path.getsize(path) == 0:
+        raise ValueError("empty file (0 bytes)")
+    problem = archive_problem(path)
+    if problem:
+        raise ValueError(problem)
     if zipfile.is_zipfile(path):
         return _torch_load(path)
     try:
@@ -58,6 +64,24 @@ def read_file(path: str) -> Any:
     if isinstance(obj, int):  # torch.save's legacy format starts with a pickled magic number
         return _torch_load(path)
     return obj
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # how every torch.save archive (a zip file) begins
+
+
+def archive_problem(path: str) -> Optional[str]:
+    """"a truncated or corrupt torch archive (...)" for a file that begins as a zip archive (what
+    torch.save writes) but whose directory cannot be read (a write cut short); None otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    if head != ZIP_MAGIC:
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"a truncated or corrupt torch archive ({os.path.getsize(path)} bytes; {error})"
+    return None
 
 
 def _torch_load(path: str) -> Any:
@@ -132,16 +156,17 @@ def to_detectron2_checkpoint(obj: Any, fmt: str) -> Dict[str, Any]:
     return {"model": convert_torchvision_retinanet(state), "__author__": f"torchvision {torchvision_version(state)}"}
 
 
-def read_weights(path: str) -> Dict[str, Any]:
-    """The detectron2 checkpoint dict for the weights file ``path``, whatever its format.
+def read_weights(path: str, source: str = "MODEL.WEIGHTS") -> Dict[str, Any]:
+    """The detectron2 checkpoint dict for the weights file ``path``, whatever its format; ``source``
+    says where the path came from ("MODEL.WEIGHTS", "the resume checkpoint", "--weights", ...).
 
-    Raises ValueError naming the file and what it holds if it cannot be read or converted.
+    Raises ValueError naming the source, the file and what it holds if it cannot be read or converted.
     """
     try:
         obj = read_file(path)
         fmt = detect_format(obj)
         checkpoint = to_detectron2_checkpoint(obj, fmt)
     except Exception as error:  # any failure to read or convert: re-raised naming the file
-        raise ValueError(f"MODEL.WEIGHTS={path}: {error}") from error
-    logger.info(f"MODEL.WEIGHTS={path}: {fmt} format, {len(checkpoint['model'])} tensors")
+        raise ValueError(f"{source}={path}: {error}") from error
+    logger.info(f"{source}={path}: {fmt} format, {len(checkpoint['model'])} tensors")
     return checkpoint

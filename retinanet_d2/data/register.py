@@ -2,11 +2,13 @@
 into detectron2's DatasetCatalog / MetadataCatalog, and checks that a COCO-format dataset's files
 exist before a loader is built."""
 import functools
-import json
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
+from detectron2.utils import comm
+
+from .checks import DatasetError, check_coco_dataset
 
 from .shapes import CLASSES, SPLITS, ShapesSplit, default_root, generate_split, split_paths
 
@@ -44,7 +46,8 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
 
 def check_dataset_files(dataset_name: str) -> None:
     """Raise FileNotFoundError naming the expected files when a COCO-format dataset is missing, and
-    ValueError (see check_coco_categories) when its categories are unusable.
+    checks.DatasetError listing every problem of its JSON and images (checks.check_coco_dataset: once
+    per process and file version, by the main process, the verdict shared with the others).
 
     Datasets generated on demand (the shapes splits) and datasets without a json_file are skipped.
     """
@@ -64,24 +67,23 @@ def check_dataset_files(dataset_name: str) -> None:
             f"{os.getenv('DETECTRON2_DATASETS', 'datasets (unset)')}): "
             "coco/annotations/instances_{train,val}2017.json and coco/{train,val}2017/*.jpg"
         )
-    check_coco_categories(json_file)
+    key = (json_file, image_root, os.path.getmtime(json_file))
+    if key in _CHECKED:
+        return
+    error = None
+    if comm.is_main_process():
+        try:
+            check_coco_dataset(json_file, image_root)
+        except DatasetError as problem:
+            error = str(problem)
+    if comm.get_world_size() > 1:
+        error = comm.all_gather(error)[0]
+    if error:
+        raise DatasetError(f"dataset '{dataset_name}': {error}")
+    _CHECKED.add(key)
 
 
-def check_coco_categories(json_file: str) -> None:
-    """Raise ValueError naming the file and the record when a COCO JSON has no categories or an
-    annotation whose category_id is not among them."""
-    with open(json_file, encoding="utf-8") as f:
-        coco = json.load(f)
-    categories = {c["id"] for c in coco.get("categories", [])}
-    if not categories:
-        raise ValueError(f"{json_file}: no 'categories'; a detection dataset needs at least one")
-    for annotation in coco.get("annotations", []):
-        if annotation.get("category_id") not in categories:
-            raise ValueError(
-                f"{json_file}: annotation id={annotation.get('id')} (image_id="
-                f"{annotation.get('image_id')}) has category_id={annotation.get('category_id')}, "
-                f"which is not among the file's categories {sorted(categories)}"
-            )
+_CHECKED = set()  # (json_file, image_root, modification time) of the datasets checked in this process
 
 
 def check_num_classes(dataset_name: str, num_classes: int, key: str = "MODEL.RETINANET.NUM_CLASSES") -> None:

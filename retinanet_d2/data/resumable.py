@@ -13,6 +13,8 @@ from detectron2.data import build_detection_train_loader, get_detection_dataset_
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
+from .mapper import FileNamingDatasetMapper
+
 
 class ResumableTrainingSampler(TrainingSampler):
     """``TrainingSampler``'s stream for this process, after its first ``skip`` indices."""
@@ -41,7 +43,7 @@ def build_resumable_train_loader(cfg, start_iter: int):
         logging.getLogger(__name__).warning(
             f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN} restarts its stream on resume"
         )
-        return build_detection_train_loader(cfg)
+        return build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, is_train=True))
     dataset = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     )
@@ -49,4 +51,5 @@ def build_resumable_train_loader(cfg, start_iter: int):
     sampler = ResumableTrainingSampler(
         len(dataset), skip=start_iter * per_process_batch, seed=cfg.SEED if cfg.SEED >= 0 else None
     )
-    return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
+    mapper = FileNamingDatasetMapper(cfg, is_train=True)
+    return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, mapper=mapper)

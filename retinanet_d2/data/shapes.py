@@ -14,6 +14,8 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 
+from ..atomic import atomic_open
+
 CLASSES = ("circle", "square", "triangle")
 GENERATOR_VERSION = 2  # bump when the drawing changes, so caches are regenerated
 
@@ -137,10 +139,8 @@ def generate_split(root: str, split: ShapesSplit) -> str:
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)],
     }
-    tmp = json_file + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(json_file, "w", encoding="utf-8") as f:  # written last: a JSON means a complete split
         json.dump(coco, f)
-    os.replace(tmp, json_file)  # written last and atomically: a JSON means a complete split
     return json_file
 
 

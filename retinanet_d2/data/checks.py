@@ -1,0 +1,135 @@
+"""Checking a COCO-format dataset before the first iteration, in one pass that a COCO-sized set can
+afford: the JSON's records, and a header read of each image (not a decode; threads), so that a bad
+file fails the run before training starts, named, instead of at the iteration that draws it.
+
+Errors (``DatasetError``, all problems at once, each kind with its count and the first files or
+annotation ids): duplicate image or annotation ids, annotations of unknown images or categories,
+malformed boxes (not 4 finite numbers), missing or unreadable images, images whose size differs
+from the JSON's, JPEG/PNG files cut short (their end marker missing and a decode failing).
+Warnings: boxes that training drops (no area, or nothing left inside the image), counted.
+"""
+import json
+import logging
+import math
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+SHOWN = 5  # examples named per kind of problem
+JPEG_END = b"\xff\xd9"
+PNG_END = b"IEND\xaeB`\x82"
+
+
+class DatasetError(ValueError):
+    """A dataset that would fail during training; the message lists every problem found."""
+
+
+def image_problem(path: str, width: Optional[int], height: Optional[int]) -> Optional[str]:
+    """What is wrong with the image file ``path`` that the JSON says is ``width`` x ``height``
+    (None: nothing). Reads the header; decodes only a JPEG or PNG whose end marker is missing."""
+    if not os.path.isfile(path):
+        return "missing"
+    try:
+        with Image.open(path) as image:
+            size = image.size
+            kind = image.format
+            if not _ends_whole(path, kind):
+                image.load()  # a file cut short fails here ("image file is truncated")
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
+        return f"unreadable ({type(error).__name__}: {error})"
+    if width is not None and height is not None and size != (width, height):
+        return f"is {size[0]}x{size[1]}, the JSON says {width}x{height}"
+    return None
+
+
+def _ends_whole(path: str, kind: str) -> bool:
+    """Whether a JPEG ends with its end-of-image marker / a PNG with its IEND chunk (other formats: True)."""
+    marker = {"JPEG": JPEG_END, "PNG": PNG_END}.get(kind)
+    if marker is None:
+        return True
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 64))
+        return marker in f.read()
+
+
+def _box_problem(bbox) -> Optional[str]:
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return f"bbox {bbox!r} is not [x, y, width, height]"
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
+        return f"bbox {bbox!r} has a value that is not a finite number"
+    return None
+
+
+def _dropped_by_training(bbox, width, height) -> bool:
+    """Whether detectron2's training drops this XYWH box: no area once clipped to the image."""
+    x, y, w, h = bbox
+    if w <= 0 or h <= 0:
+        return True
+    if width is None or height is None:
+        return False
+    return min(x + w, width) <= max(x, 0) or min(y + h, height) <= max(y, 0)
+
+
+def _summary(kind: str, examples: List[str]) -> str:
+    shown = "; ".join(examples[:SHOWN]) + ("; ..." if len(examples) > SHOWN else "")
+    return f"{len(examples)} {kind}: {shown}"
+
+
+def check_coco_dataset(json_file: str, image_root: str, workers: int = 8) -> Dict[str, int]:
+    """Check a COCO instances JSON and its images. Raises DatasetError naming the file and every
+    problem; logs a warning with the count of boxes that training drops. Returns the counts
+    (images, annotations, dropped_boxes)."""
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            coco = json.load(f)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{json_file}: not valid JSON ({error})") from error
+    images = coco.get("images", [])
+    annotations = coco.get("annotations", [])
+    categories = {c.get("id") for c in coco.get("categories", [])}
+    problems: Dict[str, List[str]] = defaultdict(list)
+    if not categories:
+        problems["missing categories"].append("no 'categories'; a detection dataset needs at least one")
+
+    for kind, records in (("image", images), ("annotation", annotations)):
+        counts = Counter(r.get("id") for r in records)
+        for duplicate in sorted((i for i, n in counts.items() if n > 1), key=str):
+            problems[f"duplicate {kind} ids"].append(f"id={duplicate} ({counts[duplicate]} times)")
+    sizes = {r.get("id"): (r.get("width"), r.get("height")) for r in images}
+
+    dropped = []
+    for annotation in annotations:
+        where = f"annotation id={annotation.get('id')} (image_id={annotation.get('image_id')})"
+        if annotation.get("image_id") not in sizes:
+            problems["annotations of images not in 'images'"].append(where)
+            continue
+        if annotation.get("category_id") not in categories:
+            problems["annotations of unknown categories"].append(f"{where}: category_id={annotation.get('category_id')}")
+        bbox = annotation.get("bbox")
+        problem = _box_problem(bbox)
+        if problem:
+            problems["malformed boxes"].append(f"{where}: {problem}")
+        elif not annotation.get("iscrowd", 0) and _dropped_by_training(bbox, *sizes[annotation["image_id"]]):
+            dropped.append(f"{where}: {bbox}")
+
+    paths = [os.path.join(image_root, r.get("file_name", "")) for r in images]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        found = list(pool.map(lambda r, p: image_problem(p, r.get("width"), r.get("height")), images, paths))
+    for path, problem in zip(paths, found):
+        if problem:
+            problems["bad images"].append(f"{path}: {problem}")
+
+    if problems:
+        lines = "\n".join("  " + _summary(kind, examples) for kind, examples in problems.items())
+        raise DatasetError(f"{json_file} (images in {image_root}) would fail during training:\n{lines}")
+    if dropped:
+        logger.warning(
+            f"{json_file}: training drops {len(dropped)} of {len(annotations)} boxes (no area inside "
+            f"the image); COCO evaluation still counts them. " + _summary("dropped", dropped)
+        )
+    return {"images": len(images), "annotations": len(annotations), "dropped_boxes": len(dropped)}
