@@ -19,8 +19,10 @@ from detectron2.utils import comm
 import retinanet_d2
 from retinanet_d2.amp import MixedPrecisionTrainer, amp_dtype, device_type, inference_autocast
 from retinanet_d2.checkpoint import RetinaNetCheckpointer
+from retinanet_d2.checkpoint.best import ResumableBestCheckpointer
 from retinanet_d2.checkpoint.resolve import resolve_weights
 from retinanet_d2.compat import create_ddp_model, default_trainer_saves_optimizer, replace_train_loader
+from retinanet_d2.config import retinanet_node
 from retinanet_d2.data import check_dataset_files, check_num_classes, register_coco_dataset
 from retinanet_d2.data.mapper import FileNamingDatasetMapper
 from retinanet_d2.data.resumable import build_resumable_train_loader
@@ -68,10 +70,21 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def build_hooks(self):
+        """DefaultTrainer's hooks, plus model_best.pth by MODEL.FOCAL_RETINANET.BEST_METRIC when
+        TEST.EVAL_PERIOD > 0 (after the evaluation hook, which stores the metric)."""
+        hooks = super().build_hooks()
+        node = retinanet_node(self.cfg)
+        if self.cfg.TEST.EVAL_PERIOD > 0 and node.BEST_METRIC and comm.is_main_process():
+            hooks.append(ResumableBestCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, node.BEST_METRIC, node.BEST_MODE))
+        return hooks
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """COCOEvaluator scoring as many detections per image as the model keeps (TEST.DETECTIONS_PER_IMAGE;
+        detectron2's default evaluator scores the first 100 whatever the model keeps)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        return COCOEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

@@ -21,7 +21,9 @@ from detectron2.utils import comm
 
 from .amp import MixedPrecisionTrainer, autocast_if, resolve_amp_dtype
 from .checkpoint import RetinaNetCheckpointer
+from .checkpoint.best import ResumableBestCheckpointer
 from .compat import create_ddp_model
+from .config import DEFAULTS
 from .data import check_dataset_files, check_num_classes
 from .run_setup import require_weights, save_config
 from .schedule import config_learning_rates, restore_config_learning_rates
@@ -70,6 +72,16 @@ def lazy_eval_only(cfg, resume: bool, allow_random_weights: bool = False):
     return lazy_test(cfg, create_ddp_model(model))
 
 
+def _best_checkpointer(cfg, checkpointer):
+    """model_best.pth by train.best_checkpointer (val_metric, mode; defaults: MODEL.FOCAL_RETINANET's
+    BEST_METRIC and BEST_MODE) when train.eval_period > 0 and val_metric is not ""; else None."""
+    node = DEFAULTS.MODEL.FOCAL_RETINANET
+    best = {"val_metric": node.BEST_METRIC, "mode": node.BEST_MODE, **cfg.train.get("best_checkpointer", {})}
+    if cfg.train.eval_period > 0 and best["val_metric"]:
+        return ResumableBestCheckpointer(cfg.train.eval_period, checkpointer, **best)
+    return None
+
+
 def lazy_train(cfg, resume: bool):
     """Train as cfg says, from the last checkpoint of train.output_dir with ``resume``."""
     train_amp, _, device, dtype = _amp_settings(cfg)
@@ -99,6 +111,7 @@ def lazy_train(cfg, resume: bool):
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: lazy_test(cfg, model)),
+            _best_checkpointer(cfg, checkpointer) if main_process else None,
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if main_process
             else None,

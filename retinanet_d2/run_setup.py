@@ -23,14 +23,16 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from .atomic import atomic_open, atomic_path, is_unfinished_write
+from .config import retinanet_node
 
 logger = logging.getLogger(__name__)
 
 # Keys of detectron2's LazyConfig ``train`` node (configs/common/train.py) and this project's.
 LAZY_TRAIN_KEYS = {
     "output_dir", "init_checkpoint", "max_iter", "amp", "ddp", "checkpointer", "eval_period",
-    "log_period", "device", "seed", "cudnn_benchmark", "float32_precision",
+    "log_period", "device", "seed", "cudnn_benchmark", "float32_precision", "best_checkpointer",
 }
+BEST_MODES = ("max", "min")
 LAZY_AMP_KEYS = {"enabled", "dtype", "test"}  # dtype and test are this project's (lazy_engine.py)
 CONFIG_FILE = "config.yaml"
 # What a run writes into its output folder and what --start-over moves away.
@@ -51,11 +53,17 @@ def _positive(values) -> None:
         raise ValueError(f"{', '.join(bad)}: must be > 0")
 
 
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r}: must be one of {', '.join(map(repr, allowed))}")
+
+
 def check_config_values(cfg) -> None:
     """Raise ValueError naming the key of a value that would only crash later."""
     if not is_lazy(cfg):
         _positive([("SOLVER.MAX_ITER", cfg.SOLVER.MAX_ITER), ("SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH),
                    ("SOLVER.CHECKPOINT_PERIOD", cfg.SOLVER.CHECKPOINT_PERIOD)])
+        _one_of("MODEL.FOCAL_RETINANET.BEST_MODE", retinanet_node(cfg).BEST_MODE, BEST_MODES)
         return
     unknown = sorted(set(cfg.train) - LAZY_TRAIN_KEYS)
     unknown += sorted(f"amp.{k}" for k in set(cfg.train.get("amp", {})) - LAZY_AMP_KEYS)
@@ -64,6 +72,7 @@ def check_config_values(cfg) -> None:
             f"unknown key(s) in train: {', '.join('train.' + k for k in unknown)} "
             f"(known: {', '.join(sorted(LAZY_TRAIN_KEYS))}; train.amp: {', '.join(sorted(LAZY_AMP_KEYS))})"
         )
+    _one_of("train.best_checkpointer.mode", cfg.train.get("best_checkpointer", {}).get("mode", "max"), BEST_MODES)
     batch = cfg.dataloader.get("train", {}).get("total_batch_size")
     _positive([("train.max_iter", cfg.train.max_iter), ("train.checkpointer.period",
                cfg.train.get("checkpointer", {}).get("period")), ("dataloader.train.total_batch_size", batch)])

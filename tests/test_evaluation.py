@@ -3,8 +3,10 @@ gives pycocotools' 12 metrics, and detectron2's stock COCOEvaluator uses it."""
 import contextlib
 import io
 import json
+import sys
 
 import numpy as np
+import pytest
 import torch
 from faster_coco_eval import COCOeval_faster
 from pycocotools.coco import COCO
@@ -60,3 +62,39 @@ def test_stock_coco_evaluator_fast_path_equals_the_official_one(tmp_path):
     assert evaluated[True].keys() == evaluated[False].keys() and len(evaluated[True]) == 6 + 5
     for key, value in evaluated[False].items():
         assert np.isfinite(value) and abs(evaluated[True][key] - value) < 1e-9, key
+
+
+def test_train_nets_evaluator_scores_as_many_detections_as_the_model_keeps(tmp_path):
+    """One image with 200 objects and 200 exact detections: scored at 300 (TEST.DETECTIONS_PER_IMAGE
+    300) every object is found (AP 100); at detectron2's default 100 the recall stops at 0.5, so the
+    101-point AP50 is 51 / 101 (precision 1 at recall 0, 0.01, ..., 0.50; 0 beyond)."""
+    import retinanet_d2
+    from helpers import INSTANT, REPO
+
+    sys.path.insert(0, REPO)
+    import train_net
+
+    boxes = [[10.0 * (i % 20), 10.0 * (i // 20), 8.0, 8.0] for i in range(200)]  # XYWH, disjoint
+    gt = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 100}],
+        "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": 64.0, "iscrowd": 0}
+                        for i, b in enumerate(boxes)],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    register_coco_instances("dense_eval_test", {}, str(tmp_path / "gt.json"), str(tmp_path))
+    DatasetCatalog.get("dense_eval_test")
+    instances = Instances((100, 200))
+    xywh = torch.tensor(boxes)
+    instances.pred_boxes = Boxes(BoxMode.convert(xywh, BoxMode.XYWH_ABS, BoxMode.XYXY_ABS))
+    instances.scores = torch.linspace(1.0, 0.5, 200)
+    instances.pred_classes = torch.zeros(200, dtype=torch.int64)
+    ap50 = {}
+    for kept in (300, 100):
+        cfg = retinanet_d2.load_config(INSTANT, ["TEST.DETECTIONS_PER_IMAGE", str(kept)])
+        evaluator = train_net.Trainer.build_evaluator(cfg, "dense_eval_test", output_folder=str(tmp_path / str(kept)))
+        evaluator.reset()
+        evaluator.process([{"image_id": 1}], [{"instances": instances}])
+        ap50[kept] = evaluator.evaluate()["bbox"]["AP50"]
+    assert ap50[300] == 100.0
+    assert ap50[100] == pytest.approx(100 * 51 / 101)
