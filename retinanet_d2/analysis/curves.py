@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..atomic import atomic_path  # noqa: E402
 from ..modeling.losses import sigmoid_focal_loss, sigmoid_focal_loss_star  # noqa: E402
 
 FIG1_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)
@@ -31,7 +32,8 @@ def plot_focal_loss(path: str, gammas: Sequence[float] = FIG1_GAMMAS) -> None:
     axis.set_title("Focal loss FL(p_t) = -(1 - p_t)^γ log(p_t)")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120)
     plt.close(figure)
 
 
@@ -49,5 +51,6 @@ def plot_focal_loss_star(path: str, settings: Sequence[Tuple[float, float]] = FI
     axis.set_title("FL* = -log(σ(γ x_t + β)) / γ")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120)
     plt.close(figure)

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..atomic import atomic_open, atomic_path  # noqa: E402
 from ..modeling.losses import one_hot_targets, sigmoid_focal_loss  # noqa: E402
 
 FIG4_GAMMAS = (0.0, 0.5, 1.0, 2.0)
@@ -66,10 +67,11 @@ def plot_cdfs(cdfs: Dict, path: str) -> None:
                  title=f"{name} samples ({cdfs['counts'][name]:,})", xlim=(0, 1), ylim=(0, 1))
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120)
     plt.close(figure)
 
 
 def write_json(cdfs: Dict, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(cdfs, f)

@@ -7,6 +7,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..atomic import atomic_path  # noqa: E402
+
 LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg")
 
 
@@ -46,5 +48,6 @@ def plot_metrics(records: List[Dict], path: str) -> None:
     if axes[2].lines:
         axes[2].legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120)
     plt.close(figure)

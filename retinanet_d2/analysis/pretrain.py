@@ -20,6 +20,8 @@ from detectron2.modeling.backbone import build_resnet_backbone
 from detectron2.structures import Boxes, BoxMode
 from detectron2.structures.boxes import pairwise_intersection
 
+from ..atomic import atomic_open
+
 CONTEXT = 2.0  # a crop's side, in units of its object's longer side
 BACKBONE_PREFIX = "backbone.bottom_up."
 WARMUP = 100  # iterations of linear learning-rate warmup
@@ -139,8 +141,8 @@ def pretrain_backbone(cfg, train_dataset: str, val_dataset: str, output: str, it
         optimizer.step()
     state = {BACKBONE_PREFIX + name: value for name, value in model.bottom_up.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    torch.save({"model": state}, output + ".partial")
-    os.replace(output + ".partial", output)
+    with atomic_open(output, "wb") as f:
+        torch.save({"model": state}, f)
     return {"train_crops": len(train_images), "val_crops": len(val_images),
             "val_accuracy": accuracy(model, val_images, val_labels), "final_loss": float(loss.detach())}
 
@@ -170,7 +172,6 @@ def ensure_pretrained_backbone(cfg, iterations: int, datasets: Tuple[str, str] =
     record = {"weights": weights, "iterations": iterations, "datasets": list(datasets),
               **pretrain_backbone(cfg, *datasets, weights, iterations)}
     record["wall_s"] = time.perf_counter() - start
-    with open(record_path + ".partial", "w", encoding="utf-8") as f:
+    with atomic_open(record_path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
-    os.replace(record_path + ".partial", record_path)
     return record

@@ -20,6 +20,7 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..atomic import atomic_open, atomic_path  # noqa: E402
 from .metrics import read_metrics  # noqa: E402
 
 METRICS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
@@ -129,10 +130,8 @@ def load_results(path: str) -> Dict[str, Dict]:
 def save_results(path: str, results: Dict[str, Dict]) -> None:
     """Write ``results`` to ``path`` atomically (a crash never leaves half a file)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = path + ".partial"
-    with open(partial, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, sort_keys=True)
-    os.replace(partial, path)
 
 
 def train_net_run(config_file: str, overrides: Sequence[str], output_dir: str, threads: int = 0) -> Dict[str, float]:
@@ -227,5 +226,6 @@ def plot_summary(summary: Dict[str, Dict[str, float]], settings: Sequence[Settin
     for row, mean, std in zip(rows, means, stds):
         axis.annotate(f"{mean:.1f}", (mean + std, row), xytext=(4, -3), textcoords="offset points", fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120)
     plt.close(figure)
