@@ -249,3 +249,22 @@ def test_export_tool_scripts(tmp_path):
     with torch.no_grad():
         eager = model([{"image": x}])[0]["instances"]
     torch.testing.assert_close(scores, eager.scores, atol=1e-6, rtol=0)
+
+
+def test_detections_are_drawn_in_one_colour_per_class():
+    """Box edges on a black image: detectron2's Visualizer blends each class's colormap colour at half
+    opacity; the two class-0 boxes share it, the class-1 box has its own."""
+    from detectron2.structures import Boxes, Instances
+
+    from retinanet_d2.visualize import class_colors, draw_detections
+
+    instances = Instances((200, 200))
+    instances.pred_boxes = Boxes(torch.tensor([[10.0, 10, 60, 60], [110, 10, 160, 60], [10, 110, 60, 160]]))
+    instances.scores = torch.tensor([0.9, 0.8, 0.7])
+    instances.pred_classes = torch.tensor([0, 0, 1])
+    drawn = draw_detections(np.zeros((200, 200, 3), np.uint8), instances, ["a", "b"])
+    edges = [drawn[60, 35], drawn[60, 135], drawn[160, 35]]  # the middle of each box's bottom edge
+    expected = [255 * 0.5 * np.asarray(c) for c in class_colors([0, 0, 1])]
+    for edge, colour in zip(edges, expected):
+        assert np.abs(edge - colour).max() <= 1, (edge, colour)
+    assert np.abs(expected[0] - expected[2]).max() > 20
