@@ -131,7 +131,7 @@ class Trainer(DefaultTrainer):
 def setup(args):
     """The config of ``args``: a yacs file (.yaml) with this project's node, or a LazyConfig file
     (.py), with the command line's overrides (KEY VALUE pairs for yacs, key=value for LazyConfig);
-    its values checked and its model built on the meta device before anything is written, then the
+    its values checked and its model built (on the CPU, then discarded) before anything is written, then the
     output folder checked (run_setup.prepare_output_dir) and logging and seeds set up."""
     if args.config_file.endswith(".py"):
         cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)

@@ -124,7 +124,8 @@ class RetinaNetCheckpointer(DetectionCheckpointer):
     def newest_readable_checkpoint(self) -> str:
         """The path of the checkpoint to resume from ("" if save_dir holds none that reads): the one
         ``last_checkpoint`` names, or, when that is missing, empty or broken (logged, naming the
-        file), the newest readable ``.pth`` of save_dir by iteration, then by modification time."""
+        file), the first readable ``.pth`` of save_dir in the order model_final.pth, then by the
+        iteration in the name (model_0000039.pth), then by modification time, newest first."""
         if not self.save_dir or not os.path.isdir(self.save_dir):
             return ""
         names = sorted(
