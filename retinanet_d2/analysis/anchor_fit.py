@@ -21,6 +21,7 @@ from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, pairwise_iou
 
+from ..config import retinanet_node
 from ..modeling.anchors import OctaveAnchorGenerator
 
 SIZE_BINS = (0, 16, 32, 64, 128, 256, 512, math.inf)  # box sqrt(area) in training pixels
@@ -160,7 +161,7 @@ def suggest_anchors(cfg, images, base: AnchorGrid) -> Dict:
     ratio_sets = [list(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0])]
     if ratios and ratios not in ratio_sets:
         ratio_sets.append(ratios)
-    scales_per_octave = cfg.MODEL.FOCAL_RETINANET.SCALES_PER_OCTAVE if "FOCAL_RETINANET" in cfg.MODEL else 3
+    scales_per_octave = retinanet_node(cfg).SCALES_PER_OCTAVE
     candidates = []
     for scale in BASE_SCALES:
         for aspect_ratios in ratio_sets:
