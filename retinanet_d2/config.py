@@ -30,6 +30,10 @@ def add_retinanet_config(cfg: CN) -> CN:
     node.OHEM_BATCH_SIZE_PER_IMAGE = 128
     node.OHEM_FG_FRACTION = -1.0
     node.OHEM_NMS_THRESH = 0.7
+    # Weight m of the classification loss of background anchors that overlap no ground-truth box
+    # (best IoU 0; every anchor of an image without boxes): m times as much object-free background
+    # at the same compute, the normaliser unchanged. 1 is the paper's loss; focal and focal_star only.
+    node.FAR_NEGATIVE_WEIGHT = 1.0
     # Input of the P6 conv of the FPN top block: "res5" (C5, the paper) or "p5" (torchvision v1).
     node.P6_INPUT = "res5"
     # Anchors in the paper's terms, used by ANCHOR_GENERATOR.NAME = "OctaveAnchorGenerator":

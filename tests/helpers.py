@@ -1,5 +1,6 @@
 """Tiny models for CPU tests: R18 + FPN 32 channels + 1-conv heads, with weights scaled so that
 activations stay O(1) and scores are spread (no ties from saturated sigmoids)."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +17,14 @@ from retinanet_d2.reference import detectron2_retinanet_cfg
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
+
+
+def load_tool(name):
+    """tools/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def train_net_process(*args, **kwargs):

@@ -9,7 +9,7 @@ PAPER = ([0.4, 0.5], [0, -1, 1])  # thresholds, labels (§4)
 
 
 def paper_match(gt, anchors, low_quality_matches=True, chunk=256):
-    return match_anchors(gt, anchors, *PAPER, low_quality_matches, chunk)
+    return match_anchors(gt, anchors, *PAPER, low_quality_matches, chunk)[:2]
 
 
 def test_hand_computed_labels():
@@ -51,7 +51,8 @@ def test_chunked_equals_detectron2_matcher():
         matcher = Matcher(thresholds, labels_, allow_low_quality_matches=low_quality)
         ref_idxs, ref_labels = matcher(pairwise_iou(Boxes(gt), Boxes(anchors)))
         for chunk in (1, 5, 37, 256):
-            idxs, labels = match_anchors(gt, anchors, thresholds, labels_, low_quality, chunk)
+            idxs, labels, best_iou = match_anchors(gt, anchors, thresholds, labels_, low_quality, chunk)
+            assert torch.equal(best_iou, pairwise_iou(Boxes(gt), Boxes(anchors)).max(dim=0).values)
             assert torch.equal(labels.long(), ref_labels.long()), (thresholds, chunk)
             foreground = labels == 1
             assert foreground.sum() > 0

@@ -1,6 +1,5 @@
 """Using a model: tools/predict.py on a folder (torchvision weights, compared with torchvision's own
 detections) and export by tracing (TorchScript, ONNX) compared with the eager model."""
-import importlib.util
 import json
 import os
 
@@ -16,19 +15,12 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.utils.testing import convert_scripted_instances
 
 import retinanet_d2
-from helpers import REPO, image_with_boxes, tiny_cfg, well_scaled_model
+from helpers import REPO, image_with_boxes, load_tool, tiny_cfg, well_scaled_model
 from retinanet_d2.checkpoint import RetinaNetCheckpointer
 from retinanet_d2.export import export_onnx, script, trace
 from retinanet_d2.predict import IMAGE_IDS_FILE, RESULTS_FILE, image_ids
 from test_weights import HEIGHT, WIDTH, assert_same_detection_sets, torchvision_detections
 from weights_files import detectron_blobs, randomize_norms, torchvision_reference, write_pickle
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_image_ids_are_cocos_for_numbered_files():

@@ -55,10 +55,11 @@ def test_degenerate_boxes_are_dropped_or_clipped(model):
     ]
     record = with_boxes(boxes, [0, 1, 2, 3, 4, 1])
     anchors = Boxes.cat(model.anchor_generator(list(model.backbone(torch.zeros(1, 3, 160, 224)).values()))).tensor
-    labels, matched = model.label_anchors(anchors, [record["instances"]])
+    labels, matched, far = model.label_anchors(anchors, [record["instances"]])
     assert set(labels[labels >= 0].unique().tolist()) <= {1, 4, 5}  # only the two usable boxes
     assert torch.isfinite(matched).all()
     assert matched.max() <= 224
+    assert far.any() and (labels[far] == model.num_classes).all()  # far negatives are background
     assert_finite_and_flowing(model, train_step(model, [record]))
 
 

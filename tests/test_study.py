@@ -92,7 +92,7 @@ def test_paper_grid_settings_are_distinct_and_complete():
 
 
 def test_tool_trains_a_tiny_grid_for_real(tmp_path):
-    from test_deploy import load_tool
+    from helpers import load_tool
 
     results, backbone = str(tmp_path / "study.json"), str(tmp_path / "backbone.pth")
     argv = ["--settings", "FL g2 a.25", "CE a0.75", "--seeds", "1", "--results", results,
@@ -110,7 +110,10 @@ def test_tool_trains_a_tiny_grid_for_real(tmp_path):
 
 
 def test_imbalance_measure_counts_every_anchor():
+    import torch
     from detectron2.modeling import build_model
+    from detectron2.modeling.matcher import Matcher
+    from detectron2.structures import Boxes, pairwise_iou
 
     from helpers import image_with_boxes, tiny_cfg
     from retinanet_d2.analysis.study import anchors_per_foreground
@@ -119,4 +122,13 @@ def test_imbalance_measure_counts_every_anchor():
     batch = [image_with_boxes(seed=0)]  # 160x224: P3 20x28, P4 10x14, P5 5x7, P6 3x4, P7 2x2 positions
     measured = anchors_per_foreground(model, [batch])
     assert measured["anchors_per_image"] == 9 * (560 + 140 + 35 + 12 + 4)
-    assert 10 < measured["anchors_per_foreground"] < measured["anchors_per_image"]
+    # The same counts from detectron2's Matcher and pairwise_iou on the model's anchors.
+    features = [model.backbone(torch.zeros(1, 3, 160, 224))[f] for f in model.head_in_features]
+    iou = pairwise_iou(batch[0]["instances"].gt_boxes, Boxes.cat(model.anchor_generator(features)))
+    _, match = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)(iou)
+    valid, foreground = int((match >= 0).sum()), int((match == 1).sum())
+    far = int((iou.max(dim=0).values == 0).sum())
+    assert measured["anchors_per_foreground"] == valid / foreground
+    assert measured["negatives_per_positive_pair"] == (valid * 5 - foreground) / foreground
+    assert measured["far_negative_fraction"] == far / valid and 0 < far < valid
+    assert measured["far_pairs_per_positive_pair"] == far * 5 / foreground

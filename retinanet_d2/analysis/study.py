@@ -95,17 +95,25 @@ def judge_claims(summary: Dict[str, Dict[str, float]], claims: Sequence[Claim] =
 @torch.no_grad()
 def anchors_per_foreground(model, batches: Iterable[List[dict]]) -> Dict[str, float]:
     """The imbalance the paper is about, on training batches (DatasetMapper's format): anchors per
-    image, and non-ignored anchors per foreground anchor (COCO at 800 px: ~100k anchors per image,
-    ~1:1000 foreground to background, PAPER.md §2), and the number of images."""
-    anchors = valid = foreground = images = 0
+    image, non-ignored anchors per foreground anchor (COCO at 800 px: ~100k anchors per image,
+    ~1:1000 foreground to background, PAPER.md §2), negative anchor-class pairs per positive one
+    (COCO: ~80,000), the share of non-ignored anchors that overlap no box ("far negatives", whose
+    loss MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT m weighs: at m the negative pairs per positive
+    pair grow by (m - 1) * far_pairs_per_positive_pair), and the number of images."""
+    anchors = valid = foreground = far = images = 0
     for batch in batches:
-        labels = model.dense_outputs(batch).labels
+        outputs = model.dense_outputs(batch)
+        labels = outputs.labels
         images += labels.shape[0]
         anchors += labels.numel()
         valid += int((labels >= 0).sum())
         foreground += int(((labels >= 0) & (labels < model.num_classes)).sum())
-    return {"anchors_per_image": anchors / images, "anchors_per_foreground": valid / max(foreground, 1),
-            "images": images}
+        far += int(outputs.far_negatives.sum())
+    positives = max(foreground, 1)
+    return {"anchors_per_image": anchors / images, "anchors_per_foreground": valid / positives,
+            "negatives_per_positive_pair": (valid * model.num_classes - foreground) / positives,
+            "far_negative_fraction": far / max(valid, 1),
+            "far_pairs_per_positive_pair": far * model.num_classes / positives, "images": images}
 
 
 def run_key(setting: Setting, seed: int) -> str:

@@ -29,7 +29,7 @@ def match_anchors(
     labels: Sequence[int],
     low_quality_matches: bool,
     chunk: int,
-) -> Tuple[Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Match R anchors to G >= 1 ground-truth boxes.
 
     Args:
@@ -44,6 +44,7 @@ def match_anchors(
     Returns:
         matched_idxs: (R,) int64, index of the highest-IoU box of each anchor.
         match_labels: (R,) int8 in {-1 ignore, 0 background, 1 foreground}.
+        best_iou: (R,) the highest IoU of each anchor with any box (0: it overlaps none).
     """
     num_anchors = anchors.shape[0]
     best_iou = anchors.new_full((num_anchors,), -1.0)
@@ -69,4 +70,4 @@ def match_anchors(
             best = best_per_box[start : start + iou.shape[0], None]
             is_best = (iou == best) & (best > 0)
             match_labels[is_best.any(dim=0)] = 1
-    return matched_idxs, match_labels
+    return matched_idxs, match_labels, best_iou

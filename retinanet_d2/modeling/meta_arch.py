@@ -9,7 +9,7 @@ assignment over chunks of boxes (bounded memory); per-level score thresholds; op
 before NMS (for converted models). Inference: per level, scores above the threshold, the top
 TOPK_CANDIDATES_TEST, decode; then per-class NMS and at most DETECTIONS_PER_IMAGE detections.
 """
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -25,10 +25,11 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector, permute_to_N_HWA_K
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 
 from ..config import DEFAULTS, retinanet_node
 from .assignment import match_anchors
-from .dense_losses import FocalLoss, build_classification_loss
+from .dense_losses import DenseOutputs, FocalLoss, build_classification_loss
 from .float32_norm import keep_group_norms_in_float32
 from .head import FocalRetinaNetHead
 from .losses import at_least_float32
@@ -62,16 +63,6 @@ def check_iou_thresholds(thresholds, labels) -> None:
             f"MODEL.RETINANET.IOU_LABELS must be {len(thresholds) + 1} labels in {{-1, 0, 1}} "
             f"(one per IoU interval of IOU_THRESHOLDS), got {list(labels)}"
         )
-
-
-class DenseOutputs(NamedTuple):
-    """A batch's dense predictions and their assignment, levels concatenated (R anchors)."""
-
-    anchors: Tensor  # (R, 4) XYXY, the same for every image
-    logits: Tensor  # (N, R, K), at least float32
-    deltas: Tensor  # (N, R, 4), at least float32
-    labels: Tensor  # (N, R) int64 in {-1 ignore, 0..K-1 class, K background}
-    matched_boxes: Tensor  # (N, R, 4) the assigned box of each foreground anchor, else 0
 
 
 @META_ARCH_REGISTRY.register()
@@ -230,28 +221,30 @@ class FocalRetinaNet(DenseDetector):
         Predictions are upcast to float32 (under autocast), so that losses are float32."""
         logits, deltas = predictions
         anchors = Boxes.cat(self.anchor_generator(features)).tensor
-        labels, matched_boxes = self.label_anchors(anchors, gt_instances)
+        labels, matched_boxes, far_negatives = self.label_anchors(anchors, gt_instances)
         return DenseOutputs(
             anchors,
             at_least_float32(concat_levels(logits, self.num_classes)),
             at_least_float32(concat_levels(deltas, 4)),
             labels,
             matched_boxes,
+            far_negatives,
         )
 
     def forward_training(self, images: ImageList, features, predictions, gt_instances):
         return self.losses(self.label_dense_outputs(features, predictions, gt_instances))
 
     @torch.no_grad()
-    def label_anchors(self, anchors: Tensor, gt_instances: List[Instances]) -> Tuple[Tensor, Tensor]:
+    def label_anchors(self, anchors: Tensor, gt_instances: List[Instances]) -> Tuple[Tensor, Tensor, Tensor]:
         """Assign the R anchors (R, 4) of each of the N images (see assignment.py).
 
         Returns:
             labels: (N, R) int64 in {-1 ignore, 0..K-1 class, K background}.
             matched_boxes: (N, R, 4) the assigned box of each anchor (zeros where not foreground).
+            far_negatives: (N, R) bool, background anchors whose IoU with every box is 0.
         """
         matcher = self.anchor_matcher
-        labels, matched_boxes = [], []
+        labels, matched_boxes, far_negatives = [], [], []
         for instances in gt_instances:
             # Non-finite boxes are dropped, the others clipped to the image, and zero-area or
             # inverted ones dropped, so that no regression target is NaN or inf.
@@ -263,8 +256,9 @@ class FocalRetinaNet(DenseDetector):
             classes = instances.gt_classes[finite][nonempty]
             image_labels = torch.full_like(anchors[:, 0], self.num_classes, dtype=torch.int64)
             image_boxes = torch.zeros_like(anchors)
+            image_far = torch.ones_like(image_labels, dtype=torch.bool)
             if boxes.shape[0] > 0:
-                idxs, match = match_anchors(
+                idxs, match, best_iou = match_anchors(
                     boxes, anchors, matcher.thresholds[1:-1], matcher.labels,
                     matcher.allow_low_quality_matches, self.matcher_chunk_boxes,
                 )
@@ -272,9 +266,11 @@ class FocalRetinaNet(DenseDetector):
                 image_labels[foreground] = classes[idxs[foreground]]
                 image_labels[match == -1] = -1
                 image_boxes[foreground] = boxes[idxs[foreground]]
+                image_far = (best_iou == 0) & (image_labels == self.num_classes)
             labels.append(image_labels)
             matched_boxes.append(image_boxes)
-        return torch.stack(labels), torch.stack(matched_boxes)
+            far_negatives.append(image_far)
+        return torch.stack(labels), torch.stack(matched_boxes), torch.stack(far_negatives)
 
     def batch_normalizer(self, count: Tensor) -> Tensor:
         """``count`` summed over processes / world size, at least 1 in total: each process divides
@@ -300,7 +296,9 @@ class FocalRetinaNet(DenseDetector):
         foreground = (outputs.labels >= 0) & (outputs.labels < self.num_classes)  # (N, R)
         fg_anchors = outputs.anchors.expand(outputs.labels.shape[0], -1, -1)[foreground]
         fg_box_losses = self.box_losses(fg_anchors, outputs.deltas[foreground], outputs.matched_boxes[foreground])
-        sums = self.classification_loss(outputs.anchors, outputs.logits, outputs.labels, foreground, fg_box_losses)
+        sums = self.classification_loss(outputs, foreground, fg_box_losses)
+        if sums.far_cls is not None:  # the loss weighs far negatives: log their share of it
+            get_event_storage().put_scalar("far_negative_loss_share", float(sums.far_cls / sums.cls.detach()))
         normalizer = self.batch_normalizer(sums.count)
         return {"loss_cls": sums.cls / normalizer, "loss_box_reg": sums.box / normalizer}
 

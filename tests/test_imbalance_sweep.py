@@ -1,0 +1,94 @@
+"""tools/imbalance_sweep.py: its settings, the two phases (seed 1, then the best of each m on seeds 2
+and 3), reuse of the study's m 1 runs, a diverged run recorded as AP 0, and the verdict rule."""
+import json
+import os
+
+import pytest
+
+from helpers import INSTANT, load_tool
+
+sweep = load_tool("imbalance_sweep")
+
+
+def test_settings_are_named_as_the_study_names_them_at_m_1():
+    names = {m: [s.name for group in groups.values() for s in group] for m, groups in sweep.sweep_settings().items()}
+    assert names[1] == ["FL g2 a.25", "FL g2 a.5", "CE a0.25", "CE a0.5", "CE a0.75", "CE a0.9"]
+    assert names[100] == ["FL g2 a.25 m100", "FL g2 a.5 m100", "CE a0.9 m100", "CE a0.99 m100", "CE a0.999 m100"]
+    ce = sweep.setting("CE", "0.99", 10)
+    assert ce.overrides == ["MODEL.RETINANET.FOCAL_LOSS_GAMMA", "0.0", "MODEL.RETINANET.FOCAL_LOSS_ALPHA", "0.99",
+                            "MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT", "10.0"]
+
+
+def fake_ap(overrides, seed):
+    """FL: 50 + seed at every m; CE: 50 - m / 10 + alpha + seed (its best is its highest alpha);
+    CE alpha .999 at m 100 diverges."""
+    alpha = float(overrides[overrides.index("MODEL.RETINANET.FOCAL_LOSS_ALPHA") + 1])
+    m = float(overrides[overrides.index("MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT") + 1]) \
+        if "MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT" in overrides else 1.0
+    if "MODEL.RETINANET.FOCAL_LOSS_GAMMA" not in overrides:
+        return 50.0 + alpha + seed
+    if alpha == 0.999:
+        raise RuntimeError(f"training failed:\nFloatingPointError: {sweep.DIVERGED}, iteration 7")
+    return 50.0 - m / 10 + alpha + seed
+
+
+def test_two_phases_reuse_and_divergence(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_train_net_run(config_file, overrides, output_dir, threads=0):
+        seed = int(overrides[overrides.index("SEED") + 1])
+        calls.append((tuple(overrides), seed))
+        ap = fake_ap(overrides, seed)
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+            for iteration in (19, 499, 519):
+                f.write(json.dumps({"iteration": iteration, sweep.SHARE_KEY: iteration / 1000}) + "\n")
+        return {"bbox/AP": ap, "bbox/AP50": ap, "bbox/AP75": ap, "wall_s": 1.0}
+
+    monkeypatch.setattr(sweep, "train_net_run", fake_train_net_run)
+    reused = tmp_path / "study.json"
+    reused.write_text(json.dumps({f"CE a0.9 | seed {k}": {"setting": "CE a0.9", "seed": k, "bbox/AP": 60.0 + k,
+                                                          "bbox/AP50": 0, "bbox/AP75": 0} for k in (1, 2, 3)}))
+    results = tmp_path / "sweep.json"
+    argv = ["--config-file", INSTANT, "--results", str(results), "--reuse", str(reused), "--pretrain-iters", "0",
+            "--output-root", str(tmp_path / "out"), "MODEL.WEIGHTS", ""]
+    assert sweep.main(argv) == 0
+    runs = json.loads(results.read_text())
+    # Phase 1: every setting at seed 1 except the reused CE a0.9 (5 new at m 1, 5 at m 10, 5 at m 100).
+    assert sum(seed == 1 for _, seed in calls) == 15
+    # Best by seed 1: m 1 CE a0.9 (61, reused) and FL a.5 (51.5); m 10: FL a.5, CE a0.99; m 100: FL a.5,
+    # CE a0.99 (a0.999 diverged: AP 0). Phase 2 runs those on seeds 2 and 3, except the reused CE a0.9.
+    later = {overrides[:-2] for overrides, seed in calls if seed > 1}  # without "SEED k"
+    assert len(later) == 5 and sum(seed > 1 for _, seed in calls) == 10
+    assert runs["CE a0.999 m100 | seed 1"]["diverged"] and runs["CE a0.999 m100 | seed 1"]["bbox/AP"] == 0.0
+    assert runs["CE a0.9 | seed 2"]["reused"] and runs["CE a0.9 m100 | seed 1"]["far_share_first500"] == pytest.approx(0.259)
+    assert runs["CE a0.99 m10 | seed 3"]["far_share"] == [[19, 0.019], [499, 0.499], [519, 0.519]]
+    assert os.path.exists(tmp_path / "sweep.png")
+    calls.clear()
+    assert sweep.main(argv) == 0 and calls == []  # resumed: nothing repeats
+
+
+def verdict_of(fl, ce):
+    """The verdict on hand-made runs: fl[m] and ce[m] the AP of the best FL and CE at m, seeds 1-3
+    (plus seed - 2: seed noise that pairs out)."""
+    best = {m: {"FL": sweep.setting("FL", "0.25", m), "CE": sweep.setting("CE", "0.9", m)} for m in sweep.WEIGHTS}
+    results = {}
+    for m in sweep.WEIGHTS:
+        for loss, ap in (("FL", fl[m]), ("CE", ce[m])):
+            for seed in (1, 2, 3):
+                results[f"{best[m][loss].name} | seed {seed}"] = {"bbox/AP": ap + seed - 2 + 0.1 * (seed == 3)}
+    return best, results
+
+
+@pytest.mark.parametrize("fl,ce,share,expected", [
+    ({1: 66, 10: 66, 100: 65}, {1: 67, 10: 65, 100: 62}, 0.8, "held"),  # Δ -1 -> +3, FL -1, CE -5
+    ({1: 66, 10: 64, 100: 60}, {1: 67, 10: 65, 100: 61}, 0.8, "not held"),  # Δ stays -1 while the knob bites
+    ({1: 66, 10: 64, 100: 60}, {1: 67, 10: 65, 100: 61}, 0.3, "inconclusive"),  # ... but it does not bite
+    ({1: 66, 10: 66, 100: 63}, {1: 67, 10: 65, 100: 61.5}, 0.8, "inconclusive"),  # Δ +1.5, FL falls 3
+])
+def test_verdict_follows_the_rule(fl, ce, share, expected):
+    best, results = verdict_of(fl, ce)
+    outcome = sweep.verdict(results, best, share, (1, 2, 3))
+    assert outcome["verdict"] == expected
+    assert outcome["growth"] == pytest.approx((fl[100] - ce[100]) - (fl[1] - ce[1]))
+    assert outcome["deltas"][100]["se"] == pytest.approx(0.0, abs=1e-12)  # the seed noise pairs out
