@@ -13,7 +13,6 @@ import torch.distributed as dist
 from detectron2.config import LazyConfig
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, default_argument_parser, launch
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
 import retinanet_d2
@@ -26,7 +25,9 @@ from retinanet_d2.config import retinanet_node
 from retinanet_d2.data import check_dataset_files, check_num_classes, register_coco_dataset
 from retinanet_d2.data.mapper import FileNamingDatasetMapper
 from retinanet_d2.data.resumable import build_resumable_train_loader
+from retinanet_d2.evaluation import build_coco_evaluator
 from retinanet_d2.lazy_engine import lazy_eval_only, lazy_train
+from retinanet_d2.modeling.tta import FocalRetinaNetWithTTA
 from retinanet_d2.run_setup import (
     check_config_values,
     check_model_builds,
@@ -81,15 +82,22 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """COCOEvaluator scoring as many detections per image as the model keeps (TEST.DETECTIONS_PER_IMAGE;
-        detectron2's default evaluator scores the first 100 whatever the model keeps)."""
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        return COCOEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+        """COCOEvaluator scoring TEST.DETECTIONS_PER_IMAGE detections, then the error analysis (evaluation.py)."""
+        return build_coco_evaluator(cfg, dataset_name, output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        with inference_autocast(cfg):  # MODEL.FOCAL_RETINANET.TEST_AMP
-            return super().test(cfg, model, evaluators)
+        """DefaultTrainer.test under MODEL.FOCAL_RETINANET.TEST_AMP; with TEST.AUG.ENABLED, also the
+        test-time augmented model (modeling/tta.py), its results in OUTPUT_DIR/inference_TTA and
+        under "<task>_TTA", as detectron2's R-CNN TTA reports them."""
+        with inference_autocast(cfg):
+            results = super().test(cfg, model, evaluators)
+            if cfg.TEST.AUG.ENABLED and evaluators is None:
+                tta_evaluators = [cls.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference_TTA"))
+                                  for name in cfg.DATASETS.TEST]
+                tta_results = super().test(cfg, FocalRetinaNetWithTTA(cfg, model), tta_evaluators)
+                results.update({f"{task}_TTA": metrics for task, metrics in tta_results.items()})
+        return results
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter=0):

@@ -64,6 +64,13 @@ def add_retinanet_config(cfg: CN) -> CN:
     # highest for BEST_MODE "max", lowest for "min".
     node.BEST_METRIC = "bbox/AP"
     node.BEST_MODE = "max"
+    # After each COCO evaluation, OUTPUT_DIR/inference/errors_<dataset>/ (analysis/error_report.py):
+    # per-class metrics, precision / recall / F1 and a confusion matrix of the detections scoring at
+    # least ERROR_ANALYSIS_SCORE_THRESH, PR curves, and the ERROR_ANALYSIS_WORST_IMAGES images with the
+    # most errors drawn.
+    node.ERROR_ANALYSIS = True
+    node.ERROR_ANALYSIS_SCORE_THRESH = 0.5
+    node.ERROR_ANALYSIS_WORST_IMAGES = 20
     return cfg
 
 

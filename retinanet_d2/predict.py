@@ -1,8 +1,7 @@
 """Running a model on image files: detections drawn on each image and a COCO results list.
 
-Images are read in cfg.INPUT.FORMAT, resized as at test time (ResizeShortestEdge to
-INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) and the detections mapped back to the original pixels, as
-detectron2's DefaultPredictor does, with MODEL.WEIGHTS loaded by RetinaNetCheckpointer.
+``Predictor`` is detectron2's DefaultPredictor (images read as BGR, converted to INPUT.FORMAT, resized
+as at test time, detections in the original pixels) with MODEL.WEIGHTS loaded by RetinaNetCheckpointer.
 """
 import json
 import logging
@@ -16,7 +15,8 @@ from tqdm import tqdm
 
 import detectron2.data.transforms as T
 from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import convert_image_to_rgb, read_image
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
@@ -61,35 +61,41 @@ def image_ids(paths: List[str]) -> List[int]:
     return list(range(1, len(paths) + 1))
 
 
-class Predictor:
-    """cfg's model with MODEL.WEIGHTS loaded, in eval mode; call it on an (H, W, 3) uint8 image in
-    cfg.INPUT.FORMAT to get its detections (Instances, original pixel coordinates).
+class Predictor(DefaultPredictor):
+    """detectron2's DefaultPredictor (its attributes, its call: an (H, W, 3) uint8 BGR image ->
+    {"instances": detections in the image's pixels}) that loads MODEL.WEIGHTS with
+    RetinaNetCheckpointer (every format it reads) and infers under MODEL.FOCAL_RETINANET.TEST_AMP.
 
     ValueError without MODEL.WEIGHTS, or with weights that leave layers of the model uninitialised
     (other than the class-dependent predictor), unless ``allow_random_weights``."""
 
     def __init__(self, cfg, allow_random_weights: bool = False):
-        self.cfg = cfg
-        self.model = build_model(cfg).eval()
+        # DefaultPredictor.__init__ would load with DetectionCheckpointer: the same attributes, built here.
         if not cfg.MODEL.WEIGHTS and not allow_random_weights:
             raise ValueError(
                 "MODEL.WEIGHTS is empty: the model would be untrained. Pass MODEL.WEIGHTS /path/model.pth "
                 "(or --allow-random-weights to use an untrained model on purpose)"
             )
+        if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR' for a predictor, got {cfg.INPUT.FORMAT!r}")
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg).eval()
+        if cfg.DATASETS.TEST:
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         load_model_weights(self.model, cfg.MODEL.WEIGHTS, require_complete=not allow_random_weights)
-        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = cfg.INPUT.FORMAT
 
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) image -> (3, H', W') float tensor resized as at test time (the model's input)."""
-        resized = self.resize.get_transform(image).apply_image(image)
-        return torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
-
-    @torch.no_grad()
-    def __call__(self, image: np.ndarray) -> Instances:
-        height, width = image.shape[:2]
-        tensor = self.preprocess(image)
+    def __call__(self, original_image: np.ndarray) -> Dict[str, Instances]:
         with inference_autocast(self.cfg):
-            return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
+            return super().__call__(original_image)
+
+    def preprocess(self, image_bgr: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) BGR image -> (3, H', W') float tensor in INPUT.FORMAT, resized as at test time
+        (the model's input, as __call__ builds it)."""
+        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
+        resized = self.aug.get_transform(image).apply_image(image)
+        return torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
 
 
 def dataset_category_ids(cfg) -> Dict[int, int]:
@@ -143,17 +149,16 @@ def predict_files(
     results, skipped = [], []
     for path, image_id, name in tqdm(list(zip(paths, ids, names)), desc="images", disable=len(paths) < 2):
         try:
-            image = read_image(path, format=predictor.cfg.INPUT.FORMAT)
+            image = read_image(path, format="BGR")
         except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, ... on bad files
             logger.warning(f"skipped {path}: cannot be read as an image ({type(error).__name__}: {error})")
             skipped.append((path, f"{type(error).__name__}: {error}"))
             continue
-        instances = predictor(image).to("cpu")
+        instances = predictor(image)["instances"].to("cpu")
         for result in instances_to_coco_json(instances, image_id):
             result["category_id"] = categories.get(result["category_id"], result["category_id"])
             results.append(result)
-        rgb = convert_image_to_rgb(image, predictor.cfg.INPUT.FORMAT)
-        drawn = draw_detections(np.ascontiguousarray(rgb[:, :, ::-1]), instances, labels, draw_threshold)
+        drawn = draw_detections(image, instances, labels, draw_threshold)
         with atomic_path(os.path.join(output_dir, name)) as tmp:
             if not cv2.imwrite(tmp, drawn[:, :, ::-1]):
                 raise OSError(f"could not write {os.path.join(output_dir, name)}")

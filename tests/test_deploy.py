@@ -260,3 +260,28 @@ def test_detections_are_drawn_in_one_colour_per_class():
     for edge, colour in zip(edges, expected):
         assert np.abs(edge - colour).max() <= 1, (edge, colour)
     assert np.abs(expected[0] - expected[2]).max() > 20
+
+
+@pytest.mark.parametrize("input_format", ["BGR", "RGB"])
+def test_predictor_is_a_default_predictor_with_the_same_call(tmp_path, input_format):
+    """The same weights (a detectron2 checkpoint) give the same detections through detectron2's own
+    DefaultPredictor and ours; ours is one (isinstance) and keeps its attributes."""
+    from detectron2.engine import DefaultPredictor
+
+    from retinanet_d2.predict import Predictor
+
+    cfg = tiny_cfg(**{"INPUT.FORMAT": input_format, "INPUT.MIN_SIZE_TEST": 96, "INPUT.MAX_SIZE_TEST": 160,
+                      "MODEL.RETINANET.SCORE_THRESH_TEST": 0.0})
+    model = well_scaled_model(cfg)
+    randomize_norms(model, seed=0)
+    torch.save({"model": model.state_dict()}, tmp_path / "model.pth")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "model.pth")
+    image = (np.random.default_rng(0).random((120, 200, 3)) * 255).astype(np.uint8)  # BGR, as cv2 reads it
+    ours, reference = Predictor(cfg), DefaultPredictor(cfg)
+    assert isinstance(ours, DefaultPredictor) and ours.input_format == input_format and ours.aug.short_edge_length == [96, 96]
+    a, b = ours(image)["instances"], reference(image)["instances"]
+    assert len(a) > 0 and a.image_size == (120, 200)
+    assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor) and torch.equal(a.scores, b.scores)
+    assert torch.equal(ours.preprocess(image), torch.as_tensor(
+        ours.aug.get_transform(image).apply_image(image[:, :, ::-1] if input_format == "RGB" else image)
+        .astype("float32").transpose(2, 0, 1)))

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -121,3 +122,11 @@ def test_own_data_with_the_wrong_class_count_is_named(tmp_path):
     )
     assert result.returncode != 0
     assert "model.num_classes=5, but dataset 'mine' has 3 classes" in result.stderr
+
+
+@pytest.mark.parametrize("config", ["shapes_demo.py", "retinanet_R50_FPN_1x.py"])
+def test_lazy_evaluator_scores_as_many_detections_as_the_model_keeps(config):
+    cfg = LazyConfig.load(os.path.join(CONFIGS, "lazy", config))
+    assert cfg.dataloader.evaluator.max_dets_per_image == cfg.model.max_detections_per_image == 100
+    cfg = LazyConfig.apply_overrides(cfg, ["model.max_detections_per_image=300"])
+    assert cfg.dataloader.evaluator.max_dets_per_image == 300

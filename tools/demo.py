@@ -54,7 +54,7 @@ def main():
     drawn = []
     for record in DatasetCatalog.get(dataset)[: args.images]:
         image = cv2.imread(record["file_name"])
-        instances = predictor(image)
+        instances = predictor(image)["instances"]
         drawn.append(draw_detections(image, instances, class_names))
     output = os.path.join(cfg.OUTPUT_DIR, "detections.png")
     with atomic_path(output) as tmp:

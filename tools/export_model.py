@@ -53,7 +53,7 @@ def main(argv=None) -> int:
             script(predictor.model).save(tmp)
         print(f"[export_model] scripted TorchScript -> {args.output}")
         return 0
-    image = read_image(args.sample_image, format=cfg.INPUT.FORMAT)
+    image = read_image(args.sample_image, format="BGR")
     tensor = predictor.preprocess(image).to(cfg.MODEL.DEVICE)
     traced, adapter = trace(predictor.model, tensor)
     with atomic_path(os.path.join(args.output, "model.ts")) as tmp:

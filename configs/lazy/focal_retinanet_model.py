@@ -44,6 +44,7 @@ model = L(FocalRetinaNet)(
     anchor_matcher=L(Matcher)(thresholds=[0.4, 0.5], labels=[0, -1, 1], allow_low_quality_matches=True),
     classification_loss=L(FocalLoss)(alpha=0.25, gamma=2.0),
     num_classes=80,
+    max_detections_per_image=100,
     pixel_mean=[103.530, 116.280, 123.675],
     pixel_std=[1.0, 1.0, 1.0],
     input_format="BGR",

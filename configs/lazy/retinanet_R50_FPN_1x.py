@@ -11,6 +11,7 @@ dataloader.train.mapper.augmentations[0].short_edge_length = (800,)
 dataloader.train.mapper.use_instance_mask = False
 dataloader.train.mapper._target_ = FileNamingDatasetMapper  # the loader's errors name the image file
 dataloader.test.mapper._target_ = FileNamingDatasetMapper
+dataloader.evaluator.max_dets_per_image = "${...model.max_detections_per_image}"  # as many as the model keeps
 optimizer = get_config("common/optim.py").SGD
 optimizer.lr = 0.01
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_1x

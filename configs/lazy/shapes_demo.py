@@ -50,7 +50,9 @@ dataloader.test = L(build_detection_test_loader)(
     ),
     num_workers=2,
 )
-dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}")
+dataloader.evaluator = L(COCOEvaluator)(
+    dataset_name="${..test.dataset.names}", max_dets_per_image="${...model.max_detections_per_image}"
+)
 
 optimizer = get_config("common/optim.py").SGD
 optimizer.lr = 0.03

@@ -29,9 +29,10 @@ def register_shapes(root: str) -> None:
         )
 
 
-def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
+def register_coco_dataset(name: str, json_file: str, image_root: str, check_files: bool = True) -> None:
     """Register a COCO-format dataset (instances json + image folder) as ``name``, checking its
-    files and categories now; ValueError if ``name`` is taken by another dataset."""
+    files and categories now (unless not ``check_files``: for uses that read no image, or only
+    some); ValueError if ``name`` is taken by another dataset."""
     if name in DatasetCatalog.list():
         metadata = MetadataCatalog.get(name)
         if (metadata.get("json_file"), metadata.get("image_root")) == (json_file, image_root):
@@ -41,7 +42,8 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
             f"{metadata.get('json_file')}); choose another name"
         )
     register_coco_instances(name, {}, json_file, image_root)
-    check_dataset_files(name)
+    if check_files:
+        check_dataset_files(name)
 
 
 def check_dataset_files(dataset_name: str) -> None:
