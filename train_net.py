@@ -22,6 +22,7 @@ from retinanet_d2.checkpoint.best import ResumableBestCheckpointer
 from retinanet_d2.checkpoint.resolve import resolve_weights
 from retinanet_d2.compat import create_ddp_model, default_trainer_saves_optimizer, replace_train_loader
 from retinanet_d2.config import retinanet_node
+from retinanet_d2.config_files import find_config_file
 from retinanet_d2.data import check_dataset_files, check_num_classes, register_coco_dataset
 from retinanet_d2.data.mapper import FileNamingDatasetMapper
 from retinanet_d2.data.resumable import build_resumable_train_loader
@@ -142,7 +143,7 @@ def setup(args):
     its values checked and its model built (on the CPU, then discarded) before anything is written, then the
     output folder checked (run_setup.prepare_output_dir) and logging and seeds set up."""
     if args.config_file.endswith(".py"):
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(find_config_file(args.config_file)), args.opts)
     else:
         cfg = retinanet_d2.load_config(args.config_file, args.opts)
         cfg.freeze()

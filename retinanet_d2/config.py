@@ -11,6 +11,8 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .config_files import find_config_file
+
 
 def add_retinanet_config(cfg: CN) -> CN:
     """Add ``MODEL.FOCAL_RETINANET`` to ``cfg`` in place and return it. Idempotent."""
@@ -84,9 +86,10 @@ def retinanet_node(cfg: CN) -> CN:
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
-    """detectron2's defaults plus this node, merged with ``config_file`` and then ``opts``
+    """detectron2's defaults plus this node, merged with ``config_file`` (a path, or the name of one
+    of the project's configs: config_files.find_config_file) and then ``opts``
     (``[KEY, VALUE, ...]``, as on a command line); not frozen."""
     cfg = add_retinanet_config(get_cfg())
-    cfg.merge_from_file(config_file)
+    cfg.merge_from_file(find_config_file(config_file))
     cfg.merge_from_list(list(opts))
     return cfg

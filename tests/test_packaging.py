@@ -1,0 +1,64 @@
+"""pip install . : the wheel declares requirements.txt's runtime packages (not torch, detectron2 or
+the test runner) and carries every config, which the installed package finds by name."""
+import glob
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+import retinanet_d2
+from helpers import CONFIGS, REPO
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", REPO,
+                    "-w", str(folder)], check=True, capture_output=True, cwd=folder)
+    (path,) = glob.glob(str(folder / "retinanet_d2-*.whl"))
+    return path
+
+
+def repository_configs():
+    return sorted(os.path.relpath(os.path.join(d, f), CONFIGS) for d, _, files in os.walk(CONFIGS) for f in files
+                  if f.endswith((".yaml", ".py")))
+
+
+def test_the_wheel_declares_the_runtime_requirements_and_carries_every_config(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        requires = [line.split(": ", 1)[1] for line in archive.read(metadata).decode().splitlines()
+                    if line.startswith("Requires-Dist: ")]
+    with open(os.path.join(REPO, "requirements.txt")) as f:
+        pins = [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+    runtime = [p.replace("==", ">=") for p in pins if p.split("=")[0] not in ("pytest", "onnx", "onnxruntime")]
+    assert [r for r in requires if "extra ==" not in r] == runtime
+    assert not any(r.startswith(("torch", "detectron2")) for r in requires)
+    assert sorted(n[len("retinanet_d2/configs/"):] for n in names if n.startswith("retinanet_d2/configs/")) \
+        == repository_configs()
+
+
+def test_the_installed_package_finds_its_configs_by_name(wheel, tmp_path):
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), wheel],
+                   check=True, capture_output=True)
+    script = ("import retinanet_d2; print(retinanet_d2.__file__); "
+              "print(retinanet_d2.get_config_file('ablations/t1a_ce_alpha0.75.yaml')); "
+              "print(retinanet_d2.load_config('retinanet_R50_FPN_1x.yaml').SOLVER.STEPS)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(site)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    package, config, steps = result.stdout.split("\n")[:3]
+    assert package == str(site / "retinanet_d2" / "__init__.py")
+    assert config == str(site / "retinanet_d2" / "configs" / "ablations" / "t1a_ce_alpha0.75.yaml")
+    assert steps == "(60000, 80000)"
+
+
+def test_an_unknown_config_name_lists_the_configs():
+    with pytest.raises(FileNotFoundError, match=r"no config 'nope.yaml'; it has: .*retinanet_R50_FPN_1x.yaml"):
+        retinanet_d2.get_config_file("nope.yaml")
+    with pytest.raises(FileNotFoundError, match=r"config file nope.yaml: no such file, and retinanet_d2 has no"):
+        retinanet_d2.load_config("nope.yaml")
