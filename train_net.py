@@ -13,6 +13,7 @@ import torch.distributed as dist
 from detectron2.config import LazyConfig
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, default_argument_parser, launch
+from detectron2.engine.hooks import PeriodicWriter
 from detectron2.utils import comm
 
 import retinanet_d2
@@ -39,6 +40,7 @@ from retinanet_d2.run_setup import (
     setup_run,
 )
 from retinanet_d2.schedule import config_learning_rates, restore_config_learning_rates
+from retinanet_d2.validation_loss import ValidationLoss, build_validation_loader
 
 
 class Trainer(DefaultTrainer):
@@ -73,10 +75,15 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        """DefaultTrainer's hooks, plus model_best.pth by MODEL.FOCAL_RETINANET.BEST_METRIC when
-        TEST.EVAL_PERIOD > 0 (after the evaluation hook, which stores the metric)."""
+        """DefaultTrainer's hooks, plus the validation loss every MODEL.FOCAL_RETINANET.VALIDATION_LOSS_PERIOD
+        iterations (before the writers) and model_best.pth by BEST_METRIC when TEST.EVAL_PERIOD > 0
+        (after the evaluation hook, which stores the metric)."""
         hooks = super().build_hooks()
         node = retinanet_node(self.cfg)
+        if node.VALIDATION_LOSS_PERIOD > 0:
+            writers = [i for i, h in enumerate(hooks) if isinstance(h, PeriodicWriter)]
+            hooks.insert(writers[0] if writers else len(hooks),
+                         ValidationLoss(node.VALIDATION_LOSS_PERIOD, build_validation_loader(self.cfg)))
         if self.cfg.TEST.EVAL_PERIOD > 0 and node.BEST_METRIC and comm.is_main_process():
             hooks.append(ResumableBestCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, node.BEST_METRIC, node.BEST_MODE))
         return hooks

@@ -73,6 +73,10 @@ def add_retinanet_config(cfg: CN) -> CN:
     node.ERROR_ANALYSIS = True
     node.ERROR_ANALYSIS_SCORE_THRESH = 0.5
     node.ERROR_ANALYSIS_WORST_IMAGES = 20
+    # Every VALIDATION_LOSS_PERIOD iterations (0: never) and after the last, the losses on DATASETS.TEST
+    # logged as validation_loss, validation_loss_cls, validation_loss_box_reg (validation_loss.py);
+    # detectron2's writers write every 20 iterations, so a multiple of 20 logs every value.
+    node.VALIDATION_LOSS_PERIOD = 0
     return cfg
 
 
