@@ -19,7 +19,7 @@ from helpers import REPO, image_with_boxes, load_tool, tiny_cfg, well_scaled_mod
 from retinanet_d2.checkpoint import RetinaNetCheckpointer
 from retinanet_d2.export import export_onnx, script, trace
 from retinanet_d2.predict import IMAGE_IDS_FILE, RESULTS_FILE, image_ids
-from test_weights import HEIGHT, WIDTH, assert_same_detection_sets, torchvision_detections
+from detections import HEIGHT, WIDTH, assert_same_detection_sets, torchvision_detections
 from weights_files import detectron_blobs, randomize_norms, torchvision_reference, write_pickle
 
 

@@ -15,31 +15,15 @@ import retinanet_d2
 from helpers import CONFIGS, as_detectron2_retinanet, tiny_cfg, well_scaled_model
 from retinanet_d2.checkpoint import load_model_weights
 from retinanet_d2.checkpoint.torchvision_format import coco_category_ids
-from test_weights import HEIGHT, TORCHVISION, WIDTH, torchvision_detections  # 384x512: no padding, no resizing
+from detections import HEIGHT, TORCHVISION, WIDTH, matched_fraction, torchvision_detections  # 384x512: no padding, no resizing
 from weights_files import detectron_blobs, randomize_norms, torchvision_reference, write_pickle
 
-BOX_TOL, SCORE_TOL, MIN_MATCHED = 0.5, 1e-4, 0.99
+MIN_MATCHED = 0.99  # share of the reference's detections ours must contain (detections.matched_fraction)
 TINY = {  # the tiny network of helpers.tiny_cfg, as config overrides
     "MODEL.DEVICE": "cpu", "MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
     "MODEL.FPN.OUT_CHANNELS": 32, "MODEL.RETINANET.NUM_CONVS": 1, "MODEL.RETINANET.NUM_CLASSES": 5,
     "MODEL.PIXEL_STD": [57.375, 57.120, 58.395],  # keeps the random network's activations O(1)
 }
-
-
-def matched_fraction(ours, reference, top=100):
-    """Share of the reference's `top` highest detections that ours contains: same label, score
-    within SCORE_TOL, every box coordinate within BOX_TOL px. Each ours matches at most once."""
-    boxes, scores, labels = (np.asarray(x, dtype=np.float64) for x in ours)
-    ref_boxes, ref_scores, ref_labels = (np.asarray(x, dtype=np.float64)[:top] for x in reference)
-    used = np.zeros(len(boxes), dtype=bool)
-    matched = 0
-    for box, score, label in zip(ref_boxes, ref_scores, ref_labels):
-        fits = (~used) & (labels == label) & (np.abs(scores - score) <= SCORE_TOL)
-        fits &= np.abs(boxes - box).max(axis=1) <= BOX_TOL
-        if fits.any():
-            used[np.argmax(fits)] = True
-            matched += 1
-    return matched / max(len(ref_boxes), 1)
 
 
 def detectron_config(**overrides):

@@ -120,7 +120,7 @@ def test_eval_only_with_a_detectron2_zoo_pickle_gives_detectron2s_own_detections
     the detections that detectron2's RetinaNet makes on the same test images."""
     from detectron2.data import MetadataCatalog, build_detection_test_loader
     from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-    from test_source_references import matched_fraction
+    from detections import matched_fraction
 
     overrides = ["MODEL.RETINANET.NORM", ""]  # detectron2 0.6's RetinaNetHead cannot build its GN
     cfg = retinanet_d2.load_config(INSTANT, overrides + ["MODEL.DEVICE", "cpu"])

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from torchvision.models.detection import retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import FrozenBatchNorm2d
@@ -19,13 +18,8 @@ from retinanet_d2.checkpoint.anchor_order import source_anchor_indices
 from retinanet_d2.checkpoint.convert import convert_weights_file
 from retinanet_d2.checkpoint.detectron_format import DETECTRON_ASPECT_RATIOS
 from retinanet_d2.checkpoint.torchvision_format import coco_category_ids
+from detections import HEIGHT, TORCHVISION, WIDTH, assert_same_detection_sets, torchvision_detections
 from weights_files import detectron_blobs, randomize_norms, torchvision_reference, write_pickle
-
-TORCHVISION = {"v1": (retinanet_resnet50_fpn, "retinanet_resnet50_fpn"), "v2": (retinanet_resnet50_fpn_v2, "retinanet_resnet50_fpn_v2")}
-# An input torchvision does not resize (short side 384, long 512) and no model pads (both
-# divisible by 128, P7's stride).
-HEIGHT, WIDTH = 384, 512
-
 
 def config(path, **overrides):
     return retinanet_d2.load_config(
@@ -108,30 +102,6 @@ def torchvision_file(version, tmp_path):
     path = str(tmp_path / f"torchvision_{version}.pth")
     torch.save(reference.state_dict(), path)
     return reference, path
-
-
-def torchvision_detections(reference, image):
-    """torchvision's detections on a 0-255 RGB image, without the boxes that are empty after
-    clipping (detectron2 drops those), labels as COCO category ids."""
-    with torch.no_grad():
-        out = reference([image / 255])[0]
-    boxes = out["boxes"]
-    nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return boxes[nonempty], out["scores"][nonempty], out["labels"][nonempty]
-
-
-def assert_same_detection_sets(ours, reference):
-    """(boxes XYXY, scores, labels) of two detectors equal as sets: sorted by label, x1, y1, since
-    detections with equal scores up to float rounding may come in either order."""
-    def canonical(boxes, scores, labels):
-        order = np.lexsort((boxes[:, 1].numpy(), boxes[:, 0].numpy(), labels.numpy()))
-        return boxes[order], scores[order], labels[order]
-
-    (boxes, scores, labels), (ref_boxes, ref_scores, ref_labels) = canonical(*ours), canonical(*reference)
-    assert len(boxes) == len(ref_boxes) > 100
-    torch.testing.assert_close(boxes, ref_boxes, atol=1e-2, rtol=0)
-    torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=0)
-    assert torch.equal(labels, ref_labels)
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
