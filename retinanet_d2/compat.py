@@ -1,6 +1,6 @@
 """Run-time differences between detectron2 versions (0.6, what the package registry has, and current
 main, what most users have), bridged in one place. Install-time rewriting of the registry's sources
-is source_bridges.py's.
+is tools/source_bridges.py's.
 """
 
 

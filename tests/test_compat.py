@@ -1,4 +1,4 @@
-"""The bridges over detectron2 0.6's gaps (retinanet_d2/source_bridges.py), tested on the installed
+"""The bridges over detectron2 0.6's gaps (tools/source_bridges.py), tested on the installed
 detectron2 and skipped where an official detectron2 with compiled ops is installed (nothing bridged);
 the compiled ops this project reaches, tested on an official build and skipped on the registry's.
 CI runs the suite on both builds (.ci/run)."""
@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import load_tool
 from retinanet_d2 import compat
-from retinanet_d2 import source_bridges as bridges
+
+bridges = load_tool("source_bridges")
 
 bridged = pytest.mark.skipif(compat.has_compiled_ops(), reason="official detectron2: not bridged")
 official = pytest.mark.skipif(not compat.has_compiled_ops(), reason="registry detectron2: no compiled ops")

@@ -17,7 +17,7 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from retinanet_d2.benchmark import synthetic_coco
+from lab.benchmark import synthetic_coco
 
 
 def test_faster_coco_eval_gives_pycocotools_twelve_metrics():

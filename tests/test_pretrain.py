@@ -1,4 +1,4 @@
-"""Backbone pretraining for the study (analysis/pretrain.py): object crops, the saved checkpoint
+"""Backbone pretraining for the study (lab/pretrain.py): object crops, the saved checkpoint
 loading into the detector, and the reuse of an existing pretraining."""
 import os
 
@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 
 from helpers import tiny_cfg
-from retinanet_d2.analysis.pretrain import BACKBONE_PREFIX, ensure_pretrained_backbone, object_crops
+from lab.pretrain import BACKBONE_PREFIX, ensure_pretrained_backbone, object_crops
 from retinanet_d2.checkpoint.checkpointer import load_model_weights
 
 TINY_DATASETS = ("shapes_tiny_train", "shapes_tiny_val")

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from helpers import CONFIGS
-from retinanet_d2.analysis.study import (
+from lab.study import (
     PAPER_GRID,
     Setting,
     judge_claims,
@@ -116,7 +116,7 @@ def test_imbalance_measure_counts_every_anchor():
     from detectron2.structures import Boxes, pairwise_iou
 
     from helpers import image_with_boxes, tiny_cfg
-    from retinanet_d2.analysis.study import anchors_per_foreground
+    from lab.study import anchors_per_foreground
 
     model = build_model(tiny_cfg())
     batch = [image_with_boxes(seed=0)]  # 160x224: P3 20x28, P4 10x14, P5 5x7, P6 3x4, P7 2x2 positions

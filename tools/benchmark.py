@@ -4,10 +4,13 @@
     python tools/benchmark.py [--device cpu|cuda] [--repeats 5] [--json results.json]
 """
 import argparse
+import os
+import sys
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch  # noqa: E402
 
-from retinanet_d2.benchmark import dump, format_row, run, table_header
+from lab.benchmark import dump, format_row, run, table_header  # noqa: E402
 
 
 def main():

@@ -35,8 +35,8 @@ from detectron2.modeling import build_model  # noqa: E402
 import retinanet_d2  # noqa: E402
 from retinanet_d2.analysis.batches import first_training_batches  # noqa: E402
 from retinanet_d2.analysis.metrics import read_metrics  # noqa: E402
-from retinanet_d2.analysis.pretrain import ensure_pretrained_backbone  # noqa: E402
-from retinanet_d2.analysis.study import (  # noqa: E402
+from lab.pretrain import ensure_pretrained_backbone  # noqa: E402
+from lab.study import (  # noqa: E402
     METRICS, Setting, anchors_per_foreground, load_results, run_grid, run_key, save_results, train_net_run,
 )
 from retinanet_d2.atomic import atomic_path  # noqa: E402

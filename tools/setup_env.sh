@@ -26,7 +26,7 @@ if [[ -n "$D2_SOURCE" && ! -f "$D2_SOURCE" ]]; then
     exit 1
 fi
 source_id="${D2_SOURCE:+$(sha256sum < "$D2_SOURCE")}"
-want="$(cat requirements.txt setup.py tools/setup_env.sh retinanet_d2/source_bridges.py | sha256sum) $source_id"
+want="$(cat requirements.txt setup.py tools/setup_env.sh tools/source_bridges.py | sha256sum) $source_id"
 if [[ -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
     exit 0
 fi
@@ -71,7 +71,7 @@ else
     trap 'rm -rf "$work"' EXIT
     "$PY" -m pip download --quiet --no-deps --no-build-isolation --no-binary :all: -d "$work" "$D2_SDIST"
     tar -xzf "$work"/pb1-detectron2-0.6.tar.gz -C "$work"
-    "$PY" retinanet_d2/source_bridges.py "$work/pb1-detectron2-0.6"
+    "$PY" tools/source_bridges.py "$work/pb1-detectron2-0.6"
     pip_install --no-deps --no-build-isolation --use-pep517 --force-reinstall "$work/pb1-detectron2-0.6"
 fi
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""The paper's loss comparisons as a study of settings x seeds (retinanet_d2/analysis/study.py): runs
+"""The paper's loss comparisons as a study of settings x seeds (lab/study.py): runs
 every (setting, seed) not yet in the results file, then prints the table (mean +- std of bbox AP over
 seeds), the paper's claims judged against the seed spread, and draws the table. Rerunning resumes;
 a finished run is never repeated. If the config's MODEL.WEIGHTS is a local file that does not exist
 yet (configs/shapes_study.yaml's pretrained backbone), the backbone is pretrained there first
-(analysis/pretrain.py: object-crop classification on the demo's split, --pretrain-iters steps).
+(lab/pretrain.py: object-crop classification on the demo's split, --pretrain-iters steps).
 
     python tools/study.py --config-file configs/shapes_study.yaml --seeds 1 2 3 --jobs 2 \\
         --results study/results.json --output-root output/study [KEY VALUE ...]
@@ -21,8 +21,8 @@ from detectron2.modeling import build_model  # noqa: E402
 
 import retinanet_d2  # noqa: E402
 from retinanet_d2.analysis.batches import first_training_batches  # noqa: E402
-from retinanet_d2.analysis.pretrain import PRETRAIN_DATASETS, ensure_pretrained_backbone  # noqa: E402
-from retinanet_d2.analysis.study import (  # noqa: E402
+from lab.pretrain import PRETRAIN_DATASETS, ensure_pretrained_backbone  # noqa: E402
+from lab.study import (  # noqa: E402
     PAPER_GRID,
     anchors_per_foreground,
     judge_claims,

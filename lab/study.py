@@ -20,8 +20,8 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..atomic import atomic_open, atomic_path  # noqa: E402
-from .metrics import read_metrics  # noqa: E402
+from retinanet_d2.analysis.metrics import read_metrics  # noqa: E402
+from retinanet_d2.atomic import atomic_open, atomic_path  # noqa: E402
 
 METRICS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
 _CE = ["MODEL.RETINANET.FOCAL_LOSS_GAMMA", "0.0"]
@@ -147,7 +147,7 @@ def train_net_run(config_file: str, overrides: Sequence[str], output_dir: str, t
     > 0); the final METRICS of the run and its wall time in seconds. A run killed earlier goes on from
     its newest checkpoint (--resume; a folder without one starts afresh). RuntimeError with the log's
     end if training fails."""
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}))
     start = time.perf_counter()
     result = subprocess.run(

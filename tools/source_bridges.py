@@ -23,7 +23,7 @@ user code, and an official detectron2 (with its compiled ops) is never touched. 
 in the file it names, so a different sdist fails loudly instead of being half-bridged.
 
 This module imports only the standard library: setup runs it as a script
-(``python retinanet_d2/source_bridges.py DIR``) before detectron2 exists. Run-time differences
+(``python tools/source_bridges.py DIR``) before detectron2 exists. Run-time differences
 between detectron2 versions live in compat.py.
 """
 import os
@@ -206,5 +206,5 @@ def bridge_sources(root: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python retinanet_d2/source_bridges.py EXTRACTED_SDIST_DIR")
+        sys.exit("usage: python tools/source_bridges.py EXTRACTED_SDIST_DIR")
     bridge_sources(sys.argv[1])

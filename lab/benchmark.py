@@ -22,12 +22,13 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from .amp import autocast_if, resolve_amp_dtype
-from .config import load_config
-from .reference import detectron2_retinanet_cfg
-from .modeling.losses import focal_loss_from_labels, sigmoid_focal_loss
+from retinanet_d2.amp import autocast_if, resolve_amp_dtype
+from retinanet_d2.config import load_config
+from retinanet_d2.reference import detectron2_retinanet_cfg
+from retinanet_d2.modeling.losses import focal_loss_from_labels, sigmoid_focal_loss
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "retinanet_R50_FPN_1x.yaml")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "retinanet_R50_FPN_1x.yaml")
 
 
 def benchmark_configs(device: str, num_classes: int = 80):
@@ -293,7 +294,8 @@ def measure_peak_training_memory(which: str, device: str) -> float:
 def peak_training_memory(which: str, device: str) -> float:
     """measure_peak_training_memory in a fresh subprocess."""
     code = (
-        "import json, retinanet_d2; from retinanet_d2.benchmark import measure_peak_training_memory as m;"
+        f"import json, sys; sys.path.insert(0, {REPO!r}); import retinanet_d2; "
+        "from lab.benchmark import measure_peak_training_memory as m;"
         f"print(json.dumps(m({which!r}, {device!r})))"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -20,7 +20,7 @@ from detectron2.modeling.backbone import build_resnet_backbone
 from detectron2.structures import Boxes, BoxMode
 from detectron2.structures.boxes import pairwise_intersection
 
-from ..atomic import atomic_open
+from retinanet_d2.atomic import atomic_open
 
 CONTEXT = 2.0  # a crop's side, in units of its object's longer side
 BACKBONE_PREFIX = "backbone.bottom_up."
