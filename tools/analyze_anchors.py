@@ -20,23 +20,19 @@ from detectron2.data import DatasetCatalog  # noqa: E402
 import retinanet_d2  # noqa: E402
 from retinanet_d2.analysis.anchor_fit import AnchorGrid, measure, plot_fit, suggest_anchors, training_boxes  # noqa: E402
 from retinanet_d2.atomic import atomic_open  # noqa: E402
-from retinanet_d2.data import register_coco_dataset  # noqa: E402
+from retinanet_d2.data.register import add_dataset_arguments, chosen_dataset  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
-                        help="register a COCO-format dataset first (as train_net.py --dataset)")
-    parser.add_argument("--dataset-name", help="the dataset to measure (default: the config's DATASETS.TRAIN[0])")
+    add_dataset_arguments(parser, "to measure")
     parser.add_argument("--max-images", type=int, default=1000, help="the first N images (0: all)")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
-    for name, json_file, image_root in args.dataset:
-        register_coco_dataset(name, json_file, image_root)
     cfg = retinanet_d2.load_config(args.config_file, args.opts)
-    name = args.dataset_name or cfg.DATASETS.TRAIN[0]
+    name = chosen_dataset(args, cfg)
     records = DatasetCatalog.get(name)
     images = training_boxes(cfg, records[: args.max_images] if args.max_images > 0 else records)
     grid = AnchorGrid.from_config(cfg)

@@ -23,7 +23,7 @@ from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 import retinanet_d2  # noqa: E402
 from retinanet_d2.atomic import atomic_path  # noqa: E402
-from retinanet_d2.data import register_coco_dataset  # noqa: E402
+from retinanet_d2.data.register import add_dataset_arguments, chosen_dataset  # noqa: E402
 from retinanet_d2.data.mapper import FileNamingDatasetMapper  # noqa: E402
 from retinanet_d2.visualize import class_colors  # noqa: E402
 
@@ -55,18 +55,14 @@ def draw(image_rgb, boxes, classes, class_names):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
-                        help="register a COCO-format dataset first (as train_net.py --dataset)")
-    parser.add_argument("--dataset-name", help="the dataset (default: the config's DATASETS.TRAIN[0])")
+    add_dataset_arguments(parser, "to draw")
     parser.add_argument("--source", choices=("annotation", "dataloader"), default="annotation")
     parser.add_argument("--num", type=int, default=16, help="the first N images (0: all)")
     parser.add_argument("--output", required=True, help="folder for the drawings")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
-    for name, json_file, image_root in args.dataset:
-        register_coco_dataset(name, json_file, image_root)
     cfg = retinanet_d2.load_config(args.config_file, args.opts)
-    name = args.dataset_name or cfg.DATASETS.TRAIN[0]
+    name = chosen_dataset(args, cfg)
     records = DatasetCatalog.get(name)
     records = records[: args.num] if args.num > 0 else records
     class_names = MetadataCatalog.get(name).thing_classes

@@ -100,3 +100,19 @@ def check_num_classes(dataset_name: str, num_classes: int, key: str = "MODEL.RET
 
 
 register_shapes(default_root())
+
+
+def add_dataset_arguments(parser, what: str) -> None:
+    """The tools' dataset arguments: --dataset NAME JSON IMAGE_DIR (repeatable, as train_net.py's)
+    and --dataset-name, the dataset ``what`` is done to."""
+    parser.add_argument("--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
+                        help="register a COCO-format dataset first (as train_net.py --dataset)")
+    parser.add_argument("--dataset-name", help=f"the dataset {what} (default: the config's DATASETS.TRAIN[0])")
+
+
+def chosen_dataset(args, cfg) -> str:
+    """Register the datasets of ``args.dataset`` (checked); the name of ``args.dataset_name`` or the
+    config's first training dataset."""
+    for name, json_file, image_root in args.dataset:
+        register_coco_dataset(name, json_file, image_root)
+    return args.dataset_name or cfg.DATASETS.TRAIN[0]
