@@ -1,7 +1,6 @@
 """Mixed precision: losses exact in float32 under autocast, no subnormal gradients, AMP training on CPU
 (bfloat16) through train_net's Trainer, checkpoints that cross between AMP and float32, and float32
 detections from reduced-precision inference."""
-import os
 import re
 
 import pytest
@@ -12,7 +11,7 @@ from detectron2.engine import HookBase, TrainerBase
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from helpers import CONFIGS, INSTANT, image_with_boxes, run_train_net, tiny_cfg, well_scaled_model
+from helpers import INSTANT, image_with_boxes, run_train_net, tiny_cfg, well_scaled_model
 from retinanet_d2.amp import MixedPrecisionTrainer, amp_dtype, inference_autocast
 from retinanet_d2.modeling.losses import focal_loss_from_labels, sigmoid_focal_loss, sigmoid_focal_loss_star
 

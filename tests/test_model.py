@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import build_backbone, build_model
-from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 import retinanet_d2
