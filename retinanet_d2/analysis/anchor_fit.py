@@ -23,6 +23,7 @@ from detectron2.structures import Boxes, pairwise_iou
 
 from ..config import retinanet_node
 from ..modeling.anchors import OctaveAnchorGenerator
+from .figures import new_figure, save_figure
 
 SIZE_BINS = (0, 16, 32, 64, 128, 256, 512, math.inf)  # box sqrt(area) in training pixels
 BASE_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # octave base scales the suggestion tries
@@ -194,14 +195,7 @@ def _box_ratios(images) -> List[float]:
 def plot_fit(report: Dict, path: str) -> None:
     """Two panels: the boxes' sizes against each level's anchor sizes, and their best IoU against the
     foreground threshold (PNG at ``path``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..atomic import atomic_path
-
-    figure, (sizes, ious) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (sizes, ious) = new_figure(1, 2, figsize=(11, 4))
     box_sizes = [s for s in report["box_sizes"] if s > 0]
     if box_sizes:
         bins = np.geomspace(max(min(box_sizes), 1.0) / 1.2, max(box_sizes) * 1.2, 40)
@@ -215,7 +209,4 @@ def plot_fit(report: Dict, path: str) -> None:
     ious.axvline(report["foreground_iou"], color="tab:red", lw=2)
     ious.set(xlabel=f"best IoU with any anchor ({report['share_below_threshold']:.1%} below {report['foreground_iou']})",
              ylabel="boxes")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)

@@ -2,14 +2,10 @@
 for several (gamma, beta), next to FL and CE)."""
 from typing import Sequence, Tuple
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from ..atomic import atomic_path  # noqa: E402
-from ..modeling.losses import sigmoid_focal_loss, sigmoid_focal_loss_star  # noqa: E402
+from ..modeling.losses import sigmoid_focal_loss, sigmoid_focal_loss_star
+from .figures import new_figure, save_figure
 
 FIG1_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)
 FIG5_SETTINGS = ((1.0, 0.0), (2.0, 1.0), (4.0, 0.0), (4.0, 2.0))
@@ -24,24 +20,21 @@ def focal_loss_curve(gamma: float, points: int = 500) -> Tuple[torch.Tensor, tor
 
 def plot_focal_loss(path: str, gammas: Sequence[float] = FIG1_GAMMAS) -> None:
     """Fig. 1: FL against the probability of the ground-truth class, one curve per gamma (PNG)."""
-    figure, axis = plt.subplots(figsize=(6, 4.5))
+    figure, axis = new_figure(figsize=(6, 4.5))
     for gamma in gammas:
         p_t, loss = focal_loss_curve(gamma)
         axis.plot(p_t, loss, label=f"γ = {gamma:g}" + (" (CE)" if gamma == 0 else ""))
     axis.set(xlabel="probability of ground truth class $p_t$", ylabel="loss", ylim=(0, 5), xlim=(0, 1))
     axis.set_title("Focal loss FL(p_t) = -(1 - p_t)^γ log(p_t)")
     axis.legend()
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 def plot_focal_loss_star(path: str, settings: Sequence[Tuple[float, float]] = FIG5_SETTINGS) -> None:
     """Fig. 5: FL* against x_t = y x for several (gamma, beta), next to CE and FL (gamma 2) (PNG)."""
     x_t = torch.linspace(-10, 10, 400, dtype=torch.float64)
     positive = torch.ones_like(x_t)
-    figure, axis = plt.subplots(figsize=(6, 4.5))
+    figure, axis = new_figure(figsize=(6, 4.5))
     axis.plot(x_t, sigmoid_focal_loss(x_t, positive, alpha=-1, gamma=0.0), "k", label="CE")
     axis.plot(x_t, sigmoid_focal_loss(x_t, positive, alpha=-1, gamma=2.0), "k--", label="FL, γ = 2")
     for gamma, beta in settings:
@@ -50,7 +43,4 @@ def plot_focal_loss_star(path: str, settings: Sequence[Tuple[float, float]] = FI
     axis.set(xlabel="$x_t$", ylabel="loss", ylim=(0, 5), xlim=(-10, 10))
     axis.set_title("FL* = -log(σ(γ x_t + β)) / γ")
     axis.legend()
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)

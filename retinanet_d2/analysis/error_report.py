@@ -28,6 +28,7 @@ from .errors import (
     ImageErrors, confusion_matrix, image_errors, per_class_metrics, precision_recall_curves, precision_recall_f1,
     run_cocoeval,
 )
+from .figures import new_figure, save_figure
 
 logger = logging.getLogger(__name__)
 REPORT_FILE, PR_FIGURE, CONFUSION_FIGURE, WORST_FOLDER = "errors.json", "pr_curves.png", "confusion_matrix.png", "worst"
@@ -114,18 +115,8 @@ def _box(picture: np.ndarray, box: Sequence[float], colour, text: str, thickness
     cv2.putText(picture, text, (x, max(y - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, colour, 1, cv2.LINE_AA)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_pr_curves(curves: Dict[str, np.ndarray], class_names: Sequence[str], path: str) -> None:
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 5))
+    figure, axis = new_figure(figsize=(6, 5))
     for k, precision in enumerate(curves["precision"]):
         if (precision > -1).any():
             axis.plot(curves["recall"], np.clip(precision, 0, None), label=class_names[k],
@@ -133,23 +124,16 @@ def _plot_pr_curves(curves: Dict[str, np.ndarray], class_names: Sequence[str], p
     axis.set(xlabel="recall", ylabel="precision (interpolated)", xlim=(0, 1), ylim=(0, 1.02),
              title="precision-recall at IoU 0.5 (COCOeval)")
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
 
 
 def _plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str) -> None:
-    plt = _pyplot()
     labels = [*class_names, "background"]
-    figure, axis = plt.subplots(figsize=(1.2 + 0.55 * len(labels), 1 + 0.5 * len(labels)))
+    figure, axis = new_figure(figsize=(1.2 + 0.55 * len(labels), 1 + 0.5 * len(labels)))
     axis.imshow(np.log1p(matrix), cmap="Blues")
     for (row, column), count in np.ndenumerate(matrix):
         axis.annotate(str(count), (column, row), ha="center", va="center", fontsize=7)
     axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
     axis.set_yticks(range(len(labels)), labels, fontsize=7)
     axis.set(xlabel="prediction", ylabel="ground truth", title="confusion at IoU 0.5")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)

@@ -10,14 +10,11 @@ import json
 import math
 from typing import Dict, Iterable, List, Sequence
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from ..atomic import atomic_open, atomic_path  # noqa: E402
-from ..modeling.losses import one_hot_targets, sigmoid_focal_loss  # noqa: E402
+from ..atomic import atomic_open
+from ..modeling.losses import one_hot_targets, sigmoid_focal_loss
+from .figures import new_figure, save_figure
 
 FIG4_GAMMAS = (0.0, 0.5, 1.0, 2.0)
 HARDEST_FRACTION = 0.05
@@ -59,17 +56,14 @@ def normalised_loss_cdfs(logits, labels, gammas: Sequence[float], points: int = 
 
 def plot_cdfs(cdfs: Dict, path: str) -> None:
     """Two panels (positives, negatives) of cumulative normalised loss against example fraction."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    figure, axes = new_figure(1, 2, figsize=(10, 4.2))
     for axis, name in zip(axes, ("positive", "negative")):
         for gamma, cdf in cdfs[name].items():
             axis.plot(cdfs["fraction"], cdf, label=f"γ = {float(gamma):g}")
         axis.set(xlabel=f"fraction of {name} samples", ylabel="cumulative normalized loss",
                  title=f"{name} samples ({cdfs['counts'][name]:,})", xlim=(0, 1), ylim=(0, 1))
         axis.legend()
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 def write_json(cdfs: Dict, path: str) -> None:

@@ -2,12 +2,8 @@
 import json
 from typing import Dict, List
 
-import matplotlib
+from .figures import new_figure, save_figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..atomic import atomic_path  # noqa: E402
 
 LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg")
 
@@ -29,7 +25,7 @@ def read_metrics(path: str) -> List[Dict]:
 
 def plot_metrics(records: List[Dict], path: str) -> None:
     """Losses, learning rate and (when evaluated) bbox AP/AP50 against iteration (PNG)."""
-    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
+    figure, axes = new_figure(1, 3, figsize=(14, 4))
     for key in LOSS_KEYS:
         points = [(r["iteration"], r[key]) for r in records if key in r]
         if points:
@@ -47,7 +43,4 @@ def plot_metrics(records: List[Dict], path: str) -> None:
     axes[2].set(xlabel="iteration", ylabel="AP", title="evaluation")
     if axes[2].lines:
         axes[2].legend()
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
