@@ -3,7 +3,8 @@
 A drop-in for detectron2's ``RetinaNet``: the constructor takes RetinaNet's keyword arguments
 (backbone, head, anchor generator, box transform, ``anchor_matcher``, ...), so any detectron2 config
 that builds a RetinaNet builds this by naming it. What it adds: the classification loss as an
-injected object (``classification_loss``: FL, FL* or OHEM, dense_losses.py), normalised by the exact
+injected object (``classification_loss``: FL, FL* or OHEM, dense_losses.py; ``box_loss``: smooth L1 / L1,
+GIoU, DIoU, CIoU, box_losses.py), normalised by the exact
 foreground count of the batch (all-reduced, §3/§4) instead of detectron2's moving average; anchor
 assignment over chunks of boxes (bounded memory); per-level score thresholds; optional clipping
 before NMS (for converted models). Inference: per level, scores above the threshold, the top
@@ -13,7 +14,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
-from fvcore.nn import giou_loss, smooth_l1_loss
 from torch import Tensor, nn
 
 from detectron2.config import configurable
@@ -29,14 +29,11 @@ from detectron2.utils.events import get_event_storage
 
 from ..config import DEFAULTS, retinanet_node
 from .assignment import match_anchors
+from .box_losses import build_box_loss
 from .dense_losses import DenseOutputs, FocalLoss, build_classification_loss
 from .float32_norm import keep_group_norms_in_float32
 from .head import FocalRetinaNetHead
 from .losses import at_least_float32
-
-# Values accepted by MODEL.RETINANET.BBOX_REG_LOSS_TYPE.
-BOX_LOSSES = ("smooth_l1", "giou")
-
 
 def concat_levels(per_level: List[Tensor], dim: int) -> Tensor:
     """(N, A*dim, Hi, Wi) per level -> (N, sum(Hi*Wi*A), dim), detectron2's anchor order."""
@@ -94,6 +91,7 @@ class FocalRetinaNet(DenseDetector):
         vis_period: int = 0,
         input_format: str = "BGR",
         classification_loss: Optional[nn.Module] = None,
+        box_loss: Optional[nn.Module] = None,
         matcher_chunk_boxes: int = DEFAULTS.MODEL.FOCAL_RETINANET.MATCHER_CHUNK_BOXES,
         clip_boxes_before_nms: bool = DEFAULTS.MODEL.FOCAL_RETINANET.CLIP_BOXES_BEFORE_NMS,
     ):
@@ -110,7 +108,7 @@ class FocalRetinaNet(DenseDetector):
             focal_loss_alpha, focal_loss_gamma: FL's alpha and gamma when no classification_loss
                 is given (with one, they must stay at their defaults: the object holds its own).
             smooth_l1_beta: smooth L1's beta (0: L1).
-            box_reg_loss_type: "smooth_l1" or "giou".
+            box_reg_loss_type: "smooth_l1", "giou", "diou" or "ciou" (when no box_loss is given).
             test_score_thresh: candidates need a score above this; one value for every level, or
                 one per level of head_in_features (Detectron: 0.0 on its last level).
             test_topk_candidates: candidates kept per level.
@@ -122,6 +120,8 @@ class FocalRetinaNet(DenseDetector):
         Args (this project's):
             classification_loss: a dense_losses loss object (FocalLoss, FocalLossStar, OhemLoss);
                 default FocalLoss(alpha=focal_loss_alpha, gamma=focal_loss_gamma).
+            box_loss: a box_losses object (SmoothL1BoxLoss, IoUBoxLoss); default the one of
+                box_reg_loss_type and smooth_l1_beta (with one, they must stay at their defaults).
             matcher_chunk_boxes: boxes per IoU block in anchor assignment (bounds memory).
             clip_boxes_before_nms: clip decoded boxes to the image before NMS.
         """
@@ -136,10 +136,10 @@ class FocalRetinaNet(DenseDetector):
             )
         if not set(anchor_matcher.labels) <= {-1, 0, 1}:
             raise ValueError(f"anchor_matcher labels must be in {{-1, 0, 1}}, got {anchor_matcher.labels}")
-        if box_reg_loss_type not in BOX_LOSSES:
+        if box_loss is not None and (box_reg_loss_type, smooth_l1_beta) != ("smooth_l1", 0.0):
             raise ValueError(
-                f"MODEL.RETINANET.BBOX_REG_LOSS_TYPE must be one of {BOX_LOSSES}, "
-                f"got {box_reg_loss_type!r}"
+                f"box_reg_loss_type={box_reg_loss_type!r}, smooth_l1_beta={smooth_l1_beta} given together "
+                f"with box_loss={box_loss!r}: set them on the loss object instead"
             )
         if matcher_chunk_boxes < 1:
             raise ValueError(
@@ -159,6 +159,7 @@ class FocalRetinaNet(DenseDetector):
         self.classification_loss = classification_loss or FocalLoss(alpha=focal_loss_alpha, gamma=focal_loss_gamma)
         self.smooth_l1_beta = smooth_l1_beta
         self.box_reg_loss_type = box_reg_loss_type
+        self.box_loss = box_loss or build_box_loss(box_reg_loss_type, smooth_l1_beta)
         self.test_score_thresh = [float(t) for t in test_score_thresh]
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
@@ -284,11 +285,7 @@ class FocalRetinaNet(DenseDetector):
 
     def box_losses(self, anchors: Tensor, deltas: Tensor, boxes: Tensor) -> Tensor:
         """(F,) box loss of each of F foreground anchors (F, 4) given deltas and matched boxes."""
-        if self.box_reg_loss_type == "smooth_l1":
-            target = self.box2box_transform.get_deltas(anchors, boxes)
-            return smooth_l1_loss(deltas, target, beta=self.smooth_l1_beta, reduction="none").sum(dim=1)
-        predicted = self.box2box_transform.apply_deltas(deltas, anchors)
-        return giou_loss(predicted, boxes, reduction="none")
+        return self.box_loss(anchors, deltas, boxes, self.box2box_transform)
 
     def losses(self, outputs: DenseOutputs) -> Dict[str, Tensor]:
         """{"loss_cls", "loss_box_reg"}: scalars, the classification loss's sums divided by its
