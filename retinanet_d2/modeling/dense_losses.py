@@ -10,8 +10,13 @@ they are divided by (all-reduced by the model):
   multiplies the loss of the background anchors that overlap no ground-truth box (the easy-negative
   mass of a sparser dataset, at the same compute; 1: the paper's loss).
 * ``FocalLossStar`` (Appendix A): the same with FL*.
-* ``OhemLoss`` (Table 1(d)): FL of the anchors ohem.py selects (by classification + box loss), both
+* ``OhemLoss`` (Table 1(d)): a composition over a per-anchor loss (``scoring_loss``, an
+  ``AnchorSumLoss``): that loss of the anchors ohem.py selects (by classification + box loss), both
   sums over those anchors only, count = anchors selected.
+
+The interface is ``DenseLoss`` (forward -> ``LossSums``); ``AnchorSumLoss`` is the part FL and FL*
+share (the sum over every non-ignored anchor, the far-negative weight), each giving its own
+``per_anchor`` loss and ``classification_sum``.
 
 Labels: (N, R) int64 in {-1 ignore, 0..K-1 class, K background}. Constructors validate their own
 arguments, naming them; ``build_classification_loss`` names the config keys.
@@ -31,6 +36,7 @@ from .losses import (
     focal_loss_star_from_labels,
     one_hot_targets,
     sigmoid_focal_loss,
+    sigmoid_focal_loss_star,
 )
 from .ohem import check_ohem_args, ohem_select
 
@@ -59,10 +65,64 @@ class LossSums(NamedTuple):
     far_cls: Optional[Tensor] = None
 
 
-class FocalLoss(nn.Module):
+class DenseLoss(nn.Module):
+    """The loss interface FocalRetinaNet calls: a batch's dense outputs, its foreground mask and the
+    box loss of each foreground anchor -> LossSums (the classification and box sums and the count
+    they are divided by). Subclasses name their arguments' config keys in CONFIG_KEYS."""
+
+    CONFIG_KEYS: Dict[str, str] = {}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.CONFIG_KEYS)
+
+    def forward(self, outputs: DenseOutputs, foreground: Tensor, fg_box_losses: Tensor) -> LossSums:
+        """
+        Args:
+            outputs: the batch's dense outputs (N images, R anchors, K classes).
+            foreground: (N, R) bool, labels in 0..K-1.
+            fg_box_losses: (F,) box loss of each foreground anchor, in ``foreground``'s row-major order.
+        """
+        raise NotImplementedError
+
+
+class AnchorSumLoss(DenseLoss):
+    """A classification loss summed over every non-ignored anchor, the box loss over the foreground,
+    normalised by the foreground count; the background anchors that overlap no box weigh
+    ``far_negative_weight`` (m) times. Subclasses give ``per_anchor`` and ``classification_sum``."""
+
+    def __init__(self, far_negative_weight: float):
+        """far_negative_weight: m > 0 (1: every anchor weighs the same, the paper's loss)."""
+        super().__init__()
+        if not far_negative_weight > 0:
+            raise ValueError(f"far_negative_weight must be > 0, got {far_negative_weight}")
+        self.far_negative_weight = float(far_negative_weight)
+
+    def per_anchor(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """(...,) loss of each anchor (summed over classes) of logits (..., K) against labels (...);
+        0 where the label is -1."""
+        raise NotImplementedError
+
+    def classification_sum(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Summed loss of logits (M, K) against labels (M,); rows labelled -1 count 0."""
+        return self.per_anchor(logits, labels).sum()
+
+    @torch.jit.unused  # training only: a scripted (exported) model needs none of it
+    def forward(self, outputs: DenseOutputs, foreground: Tensor, fg_box_losses: Tensor) -> LossSums:
+        num_classes = outputs.logits.shape[-1]
+        logits, labels = outputs.logits.reshape(-1, num_classes), outputs.labels.reshape(-1)
+        box, count = fg_box_losses.sum(), foreground.sum()
+        if self.far_negative_weight == 1.0:
+            return LossSums(self.classification_sum(logits, labels), box, count)
+        far = outputs.far_negatives.reshape(-1)
+        ignored = torch.full_like(labels, -1)
+        near_cls = self.classification_sum(logits, torch.where(far, ignored, labels))
+        far_cls = self.far_negative_weight * self.classification_sum(logits, torch.where(far, labels, ignored))
+        return LossSums(near_cls + far_cls, box, count, far_cls.detach())
+
+
+class FocalLoss(AnchorSumLoss):
     """FL over all non-ignored anchors, normalised by the foreground count (the paper's RetinaNet)."""
 
-    # Config key of each argument, for errors of models built from a config.
     CONFIG_KEYS = {
         "alpha": "MODEL.RETINANET.FOCAL_LOSS_ALPHA",
         "gamma": "MODEL.RETINANET.FOCAL_LOSS_GAMMA",
@@ -81,14 +141,11 @@ class FocalLoss(nn.Module):
         Args:
             alpha: weight of positives in [0, 1], or -1 for none.
             gamma: focusing parameter >= 0 (0: alpha-balanced CE).
-            far_negative_weight: m > 0, the weight of the loss of background anchors that overlap no
-                ground-truth box (1: every anchor weighs the same, the paper's loss).
+            far_negative_weight: see AnchorSumLoss.
         """
-        super().__init__()
+        super().__init__(far_negative_weight)
         check_focal_loss_args(alpha, gamma)
-        if not far_negative_weight > 0:
-            raise ValueError(f"far_negative_weight must be > 0, got {far_negative_weight}")
-        self.alpha, self.gamma, self.far_negative_weight = float(alpha), float(gamma), float(far_negative_weight)
+        self.alpha, self.gamma = float(alpha), float(gamma)
 
     @classmethod
     def from_config(cls, cfg):
@@ -98,34 +155,15 @@ class FocalLoss(nn.Module):
             "far_negative_weight": retinanet_node(cfg).FAR_NEGATIVE_WEIGHT,
         }
 
-    def extra_repr(self) -> str:
-        return ", ".join(f"{name}={getattr(self, name)}" for name in self.CONFIG_KEYS)
+    def per_anchor(self, logits: Tensor, labels: Tensor) -> Tensor:
+        targets = one_hot_targets(labels, logits.shape[-1], logits.dtype)
+        return sigmoid_focal_loss(logits, targets, self.alpha, self.gamma).sum(dim=-1) * (labels >= 0)
 
     def classification_sum(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Summed loss of logits (M, K) against labels (M,); rows labelled -1 count 0."""
-        return focal_loss_from_labels(logits, labels, self.alpha, self.gamma)
-
-    @torch.jit.unused  # training only: a scripted (exported) model needs none of it
-    def forward(self, outputs: DenseOutputs, foreground: Tensor, fg_box_losses: Tensor) -> LossSums:
-        """
-        Args:
-            outputs: the batch's dense outputs (N images, R anchors, K classes).
-            foreground: (N, R) bool, labels in 0..K-1.
-            fg_box_losses: (F,) box loss of each foreground anchor, in ``foreground``'s row-major order.
-        """
-        num_classes = outputs.logits.shape[-1]
-        logits, labels = outputs.logits.reshape(-1, num_classes), outputs.labels.reshape(-1)
-        box, count = fg_box_losses.sum(), foreground.sum()
-        if self.far_negative_weight == 1.0:
-            return LossSums(self.classification_sum(logits, labels), box, count)
-        far = outputs.far_negatives.reshape(-1)
-        ignored = torch.full_like(labels, -1)
-        near_cls = self.classification_sum(logits, torch.where(far, ignored, labels))
-        far_cls = self.far_negative_weight * self.classification_sum(logits, torch.where(far, labels, ignored))
-        return LossSums(near_cls + far_cls, box, count, far_cls.detach())
+        return focal_loss_from_labels(logits, labels, self.alpha, self.gamma)  # fused: no one-hot copy
 
 
-class FocalLossStar(FocalLoss):
+class FocalLossStar(AnchorSumLoss):
     """FL* (Appendix A): ``-log(sigmoid(gamma * x_t + beta)) / gamma``, alpha-weighted, in place of FL."""
 
     CONFIG_KEYS = {
@@ -149,11 +187,12 @@ class FocalLossStar(FocalLoss):
             alpha: weight of positives in [0, 1], or -1 for none.
             gamma: FL*'s gamma > 0.
             beta: FL*'s shift of the modified logit.
-            far_negative_weight: as FocalLoss's.
+            far_negative_weight: see AnchorSumLoss.
         """
+        super().__init__(far_negative_weight)
+        check_focal_loss_args(alpha, 0.0)
         check_fl_star_args(gamma, beta)
-        super().__init__(alpha=alpha, gamma=0.0, far_negative_weight=far_negative_weight)
-        self.gamma, self.beta = float(gamma), float(beta)
+        self.alpha, self.gamma, self.beta = float(alpha), float(gamma), float(beta)
 
     @classmethod
     def from_config(cls, cfg):
@@ -161,17 +200,21 @@ class FocalLossStar(FocalLoss):
         return {"alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, "gamma": node.STAR_GAMMA, "beta": node.STAR_BETA,
                 "far_negative_weight": node.FAR_NEGATIVE_WEIGHT}
 
+    def per_anchor(self, logits: Tensor, labels: Tensor) -> Tensor:
+        targets = one_hot_targets(labels, logits.shape[-1], logits.dtype)
+        loss = sigmoid_focal_loss_star(logits, targets, self.alpha, self.gamma, self.beta)
+        return loss.sum(dim=-1) * (labels >= 0)
+
     def classification_sum(self, logits: Tensor, labels: Tensor) -> Tensor:
         return focal_loss_star_from_labels(logits, labels, self.alpha, self.gamma, self.beta)
 
 
-class OhemLoss(FocalLoss):
-    """Table 1(d)'s OHEM baseline: FL (plain CE with alpha -1, gamma 0) and box loss of the anchors
-    ohem_select picks per image, each sum divided by their number."""
+class OhemLoss(DenseLoss):
+    """Table 1(d)'s OHEM baseline: ``scoring_loss`` (plain CE in the paper: FocalLoss with alpha -1,
+    gamma 0) and the box loss of the anchors ohem_select picks per image, each sum divided by their
+    number."""
 
     CONFIG_KEYS = {
-        "alpha": "MODEL.RETINANET.FOCAL_LOSS_ALPHA",
-        "gamma": "MODEL.RETINANET.FOCAL_LOSS_GAMMA",
         "batch_size_per_image": "MODEL.FOCAL_RETINANET.OHEM_BATCH_SIZE_PER_IMAGE",
         "fg_fraction": "MODEL.FOCAL_RETINANET.OHEM_FG_FRACTION",
         "nms_thresh": "MODEL.FOCAL_RETINANET.OHEM_NMS_THRESH",
@@ -181,29 +224,33 @@ class OhemLoss(FocalLoss):
     def __init__(
         self,
         *,
-        alpha: float = _D2.FOCAL_LOSS_ALPHA,
-        gamma: float = _D2.FOCAL_LOSS_GAMMA,
+        scoring_loss: AnchorSumLoss,
         batch_size_per_image: int = _OURS.OHEM_BATCH_SIZE_PER_IMAGE,
         fg_fraction: float = _OURS.OHEM_FG_FRACTION,
         nms_thresh: float = _OURS.OHEM_NMS_THRESH,
     ):
         """
         Args:
-            alpha, gamma: the FL that scores and trains the selected anchors.
+            scoring_loss: the per-anchor loss that scores and trains the selected anchors (its
+                far-negative weight must be 1: OHEM picks its own negatives).
             batch_size_per_image: B, anchors kept per image.
             fg_fraction: largest foreground share of B (0.25: the paper's 1:3), or -1 for none.
             nms_thresh: IoU above which a lower-loss anchor is suppressed.
         """
-        super().__init__(alpha=alpha, gamma=gamma)
+        super().__init__()
         check_ohem_args(batch_size_per_image, fg_fraction, nms_thresh)
+        if scoring_loss.far_negative_weight != 1.0:
+            raise ValueError(f"OHEM picks its own negatives: its scoring loss's far_negative_weight must be 1, "
+                             f"got {scoring_loss.far_negative_weight}")
+        self.scoring_loss = scoring_loss
         self.batch_size_per_image, self.fg_fraction, self.nms_thresh = batch_size_per_image, fg_fraction, nms_thresh
 
     @classmethod
     def from_config(cls, cfg):
         node = retinanet_node(cfg)
         return {
-            "alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
-            "gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
+            "scoring_loss": FocalLoss(alpha=cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, gamma=cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
+                                      far_negative_weight=node.FAR_NEGATIVE_WEIGHT),
             "batch_size_per_image": node.OHEM_BATCH_SIZE_PER_IMAGE,
             "fg_fraction": node.OHEM_FG_FRACTION,
             "nms_thresh": node.OHEM_NMS_THRESH,
@@ -211,17 +258,14 @@ class OhemLoss(FocalLoss):
 
     @torch.jit.unused  # training only
     def forward(self, outputs: DenseOutputs, foreground: Tensor, fg_box_losses: Tensor) -> LossSums:
-        anchors, logits, labels = outputs.anchors, outputs.logits, outputs.labels
-        num_classes = logits.shape[-1]
-        valid = labels >= 0
-        cls = sigmoid_focal_loss(logits, one_hot_targets(labels, num_classes, logits.dtype), self.alpha, self.gamma)
-        cls = cls.sum(dim=-1) * valid  # (N, R)
+        anchors, labels = outputs.anchors, outputs.labels
+        cls = self.scoring_loss.per_anchor(outputs.logits, labels)  # (N, R)
         box = torch.zeros_like(cls)
         box[foreground] = fg_box_losses.to(box.dtype)
-        selected = torch.zeros_like(valid)
+        selected = torch.zeros_like(labels, dtype=torch.bool)
         for i in range(labels.shape[0]):
             picked = ohem_select(
-                (cls[i] + box[i]).detach(), anchors, labels[i], num_classes,
+                (cls[i] + box[i]).detach(), anchors, labels[i], outputs.logits.shape[-1],
                 self.batch_size_per_image, self.fg_fraction, self.nms_thresh,
             )
             selected[i, picked] = True
@@ -230,23 +274,26 @@ class OhemLoss(FocalLoss):
 
 # MODEL.FOCAL_RETINANET.LOSS -> loss class.
 CLASSIFICATION_LOSSES: Dict[str, type] = {"focal": FocalLoss, "focal_star": FocalLossStar, "ohem": OhemLoss}
+# The config keys each MODEL.FOCAL_RETINANET.LOSS reads (OHEM: its scoring FocalLoss's too).
+_KEYS_READ = {"focal": list(FocalLoss.CONFIG_KEYS.values()), "focal_star": list(FocalLossStar.CONFIG_KEYS.values()),
+              "ohem": [*FocalLoss.CONFIG_KEYS.values(), *OhemLoss.CONFIG_KEYS.values()]}
 
 
-def build_classification_loss(cfg) -> FocalLoss:
+def _config_value(cfg, key: str):
+    """The value of a dotted config key (MODEL.FOCAL_RETINANET.* from retinanet_node)."""
+    _, node_name, name = key.split(".")
+    return getattr(retinanet_node(cfg) if node_name == "FOCAL_RETINANET" else cfg.MODEL[node_name], name)
+
+
+def build_classification_loss(cfg) -> DenseLoss:
     """The loss that MODEL.FOCAL_RETINANET.LOSS names, from its config keys; ValueError naming the
-    key whose value is out of range."""
+    keys it read and their values when one is out of range."""
     name = retinanet_node(cfg).LOSS
     if name not in CLASSIFICATION_LOSSES:
         raise ValueError(f"MODEL.FOCAL_RETINANET.LOSS must be one of {tuple(CLASSIFICATION_LOSSES)}, got {name!r}")
     loss_class = CLASSIFICATION_LOSSES[name]
-    kwargs = loss_class.from_config(cfg)
-    if "far_negative_weight" not in kwargs and retinanet_node(cfg).FAR_NEGATIVE_WEIGHT != 1.0:
-        raise ValueError(
-            f"MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT={retinanet_node(cfg).FAR_NEGATIVE_WEIGHT} applies to the "
-            f"losses over every anchor (focal, focal_star), not to MODEL.FOCAL_RETINANET.LOSS={name!r}"
-        )
     try:
-        return loss_class(**kwargs)
+        return loss_class(**loss_class.from_config(cfg))
     except ValueError as error:
-        keys = ", ".join(f"{loss_class.CONFIG_KEYS[k]}={v!r}" for k, v in kwargs.items())
-        raise ValueError(f"{error} (from the config: {keys})") from error
+        keys = ", ".join(f"{key}={_config_value(cfg, key)!r}" for key in _KEYS_READ[name])
+        raise ValueError(f"{error} (MODEL.FOCAL_RETINANET.LOSS={name!r}; from the config: {keys})") from error

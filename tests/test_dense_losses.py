@@ -1,6 +1,8 @@
-"""MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT (m): the classification loss of background anchors that
-overlap no box weighed m times. m = 1 is the paper's loss bit for bit; m > 1 equals the explicitly
-weighted elementwise sum; the far anchors are exactly those with IoU 0 with every box."""
+"""The loss objects' contract (dense_losses.py) on hand-built batches: counts, sums and OHEM's selection
+for every implementation; and MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT (m): the classification loss
+of background anchors that overlap no box weighed m times. m = 1 is the paper's loss bit for bit;
+m > 1 equals the explicitly weighted elementwise sum; the far anchors are exactly those with IoU 0
+with every box."""
 import pytest
 import torch
 
@@ -9,7 +11,9 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from helpers import image_with_boxes, tiny_cfg
-from retinanet_d2.modeling.dense_losses import DenseOutputs, FocalLoss, FocalLossStar, build_classification_loss
+from retinanet_d2.modeling.dense_losses import (
+    DenseLoss, DenseOutputs, FocalLoss, FocalLossStar, OhemLoss, build_classification_loss,
+)
 from retinanet_d2.modeling.losses import focal_loss_from_labels, sigmoid_focal_loss, sigmoid_focal_loss_star
 
 K = 3
@@ -107,5 +111,55 @@ def test_bad_weights_are_refused_naming_the_key():
         build_classification_loss(cfg)
     cfg.MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT = 10.0
     cfg.MODEL.FOCAL_RETINANET.LOSS = "ohem"
-    with pytest.raises(ValueError, match="FAR_NEGATIVE_WEIGHT=10.0 applies to .* not to MODEL.FOCAL_RETINANET.LOSS='ohem'"):
+    with pytest.raises(ValueError, match="OHEM picks its own negatives.*LOSS='ohem'.*FAR_NEGATIVE_WEIGHT=10.0"):
         build_classification_loss(cfg)
+
+
+def box_losses_of(outputs):
+    """A distinct box loss for each foreground anchor (1, 2, ...), and the foreground mask."""
+    foreground = (outputs.labels >= 0) & (outputs.labels < K)
+    return foreground, torch.arange(1.0, int(foreground.sum()) + 1)
+
+
+@pytest.mark.parametrize("loss", [FocalLoss(alpha=0.25, gamma=2.0), FocalLoss(alpha=0.75, gamma=0.0),
+                                  FocalLossStar(alpha=0.25, gamma=2.0, beta=1.0)])
+def test_anchor_sums_count_the_foreground_and_sum_every_valid_anchor(loss):
+    outputs = hand_built_outputs()
+    foreground, box = box_losses_of(outputs)
+    sums = loss(outputs, foreground, box)
+    assert isinstance(loss, DenseLoss) and sums.count == 3 and sums.box == 6.0  # 1 + 2 + 3
+    per_anchor = loss.per_anchor(outputs.logits, outputs.labels)  # (2, 6), 0 where ignored
+    assert per_anchor.shape == (2, 6) and per_anchor[0, 3] == 0 and per_anchor[1, 5] == 0
+    torch.testing.assert_close(sums.cls, per_anchor.sum(), rtol=1e-6, atol=0)
+
+
+def test_ohem_with_room_for_every_anchor_is_the_plain_sum_over_valid_anchors():
+    outputs = hand_built_outputs()
+    foreground, box = box_losses_of(outputs)
+    scoring = FocalLoss(alpha=-1, gamma=0.0)
+    sums = OhemLoss(scoring_loss=scoring, batch_size_per_image=100, fg_fraction=-1, nms_thresh=1.0)(
+        outputs, foreground, box)
+    assert sums.count == 10  # every non-ignored anchor: 5 per image
+    assert sums.box == 6.0
+    torch.testing.assert_close(sums.cls, scoring.per_anchor(outputs.logits, outputs.labels).sum(), rtol=1e-6, atol=0)
+
+
+def test_ohem_with_one_anchor_per_image_keeps_each_images_highest_loss_anchor():
+    outputs = hand_built_outputs()
+    foreground, box = box_losses_of(outputs)
+    scoring = FocalLoss(alpha=-1, gamma=0.0)
+    sums = OhemLoss(scoring_loss=scoring, batch_size_per_image=1, fg_fraction=-1, nms_thresh=0.7)(
+        outputs, foreground, box)
+    cls = scoring.per_anchor(outputs.logits, outputs.labels).detach()
+    box_per_anchor = torch.zeros(2, 6)
+    box_per_anchor[foreground] = box
+    total = (cls + box_per_anchor).masked_fill(outputs.labels < 0, -1.0)
+    picked = total.argmax(dim=1)  # one per image
+    assert sums.count == 2
+    torch.testing.assert_close(sums.cls, cls[[0, 1], picked].sum(), rtol=1e-6, atol=0)
+    assert sums.box == box_per_anchor[[0, 1], picked].sum()
+
+
+def test_ohem_refuses_a_scoring_loss_that_weighs_far_negatives():
+    with pytest.raises(ValueError, match="OHEM picks its own negatives"):
+        OhemLoss(scoring_loss=FocalLoss(far_negative_weight=10.0))
