@@ -1,7 +1,8 @@
 """COCOEvaluator as train_net.py builds it: scoring as many detections per image as the model keeps
 (TEST.DETECTIONS_PER_IMAGE; detectron2's default scores the first 100), and followed by the error
 analysis (analysis/error_report.py) in OUTPUT_DIR/inference/errors_<dataset>/ unless
-MODEL.FOCAL_RETINANET.ERROR_ANALYSIS is off."""
+MODEL.FOCAL_RETINANET.ERROR_ANALYSIS is off. LazyConfig: ``L(AnalyzedCOCOEvaluator)(...)`` as
+dataloader.evaluator (configs/lazy/)."""
 import json
 import logging
 import os
@@ -10,15 +11,17 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
 from .analysis.error_report import analyze_dataset_errors
-from .config import retinanet_node
+from .config import DEFAULTS, retinanet_node
 
 RESULTS_FILE = "coco_instances_results.json"  # what COCOEvaluator writes into its output folder
+_NODE = DEFAULTS.MODEL.FOCAL_RETINANET
 
 
 class AnalyzedCOCOEvaluator(COCOEvaluator):
     """COCOEvaluator whose ``evaluate`` also writes the error analysis of the detections it scored."""
 
-    def __init__(self, dataset_name: str, output_dir: str, max_dets_per_image: int, score_thresh: float, worst: int):
+    def __init__(self, dataset_name: str, output_dir: str, max_dets_per_image: int,
+                 score_thresh: float = _NODE.ERROR_ANALYSIS_SCORE_THRESH, worst: int = _NODE.ERROR_ANALYSIS_WORST_IMAGES):
         """
         Args:
             dataset_name, output_dir, max_dets_per_image: COCOEvaluator's.

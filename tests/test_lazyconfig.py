@@ -63,6 +63,8 @@ def test_lazy_train_resume_and_eval_only(tmp_path):
     assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 5
     log = run_train_net("--config-file", LAZY_DEMO, "--eval-only", "--resume", *LAZY_TINY, out)
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    report = json.loads((tmp_path / "inference" / "errors_shapes_tiny_val" / "errors.json").read_text())
+    assert [row["class"] for row in report["per_class"]] == ["circle", "square", "triangle"]
 
 
 def test_lazy_eval_only_loads_weights_in_any_format(tmp_path):
@@ -128,5 +130,6 @@ def test_own_data_with_the_wrong_class_count_is_named(tmp_path):
 def test_lazy_evaluator_scores_as_many_detections_as_the_model_keeps(config):
     cfg = LazyConfig.load(os.path.join(CONFIGS, "lazy", config))
     assert cfg.dataloader.evaluator.max_dets_per_image == cfg.model.max_detections_per_image == 100
-    cfg = LazyConfig.apply_overrides(cfg, ["model.max_detections_per_image=300"])
+    cfg = LazyConfig.apply_overrides(cfg, ["model.max_detections_per_image=300", "train.output_dir=/x"])
     assert cfg.dataloader.evaluator.max_dets_per_image == 300
+    assert cfg.dataloader.evaluator.output_dir == "/x/inference"  # the error analysis goes beside the results

@@ -3,6 +3,7 @@
 from detectron2.model_zoo import get_config
 
 from retinanet_d2.data.mapper import FileNamingDatasetMapper
+from retinanet_d2.evaluation import AnalyzedCOCOEvaluator
 
 from .focal_retinanet_model import model
 
@@ -11,6 +12,8 @@ dataloader.train.mapper.augmentations[0].short_edge_length = (800,)
 dataloader.train.mapper.use_instance_mask = False
 dataloader.train.mapper._target_ = FileNamingDatasetMapper  # the loader's errors name the image file
 dataloader.test.mapper._target_ = FileNamingDatasetMapper
+dataloader.evaluator._target_ = AnalyzedCOCOEvaluator  # COCOEvaluator, then the error analysis
+dataloader.evaluator.output_dir = "${...train.output_dir}/inference"
 dataloader.evaluator.max_dets_per_image = "${...model.max_detections_per_image}"  # as many as the model keeps
 optimizer = get_config("common/optim.py").SGD
 optimizer.lr = 0.01

@@ -4,7 +4,6 @@
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.evaluation import COCOEvaluator
 from detectron2.layers import ShapeSpec
 from detectron2.model_zoo import get_config
 from detectron2.solver import WarmupParamScheduler
@@ -13,6 +12,7 @@ from omegaconf import OmegaConf
 
 import retinanet_d2  # noqa: F401  (registers the shapes splits)
 from retinanet_d2.data.mapper import FileNamingDatasetMapper
+from retinanet_d2.evaluation import AnalyzedCOCOEvaluator
 
 from .focal_retinanet_model import model
 
@@ -50,8 +50,9 @@ dataloader.test = L(build_detection_test_loader)(
     ),
     num_workers=2,
 )
-dataloader.evaluator = L(COCOEvaluator)(
-    dataset_name="${..test.dataset.names}", max_dets_per_image="${...model.max_detections_per_image}"
+dataloader.evaluator = L(AnalyzedCOCOEvaluator)(  # COCOEvaluator, then the error analysis
+    dataset_name="${..test.dataset.names}", output_dir="${...train.output_dir}/inference",
+    max_dets_per_image="${...model.max_detections_per_image}",
 )
 
 optimizer = get_config("common/optim.py").SGD
