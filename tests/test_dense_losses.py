@@ -133,23 +133,26 @@ def test_anchor_sums_count_the_foreground_and_sum_every_valid_anchor(loss):
     torch.testing.assert_close(sums.cls, per_anchor.sum(), rtol=1e-6, atol=0)
 
 
-def test_ohem_with_room_for_every_anchor_is_the_plain_sum_over_valid_anchors():
+def ohem_sums(batch_size_per_image, nms_thresh):
+    """Plain OHEM over CE of hand_built_outputs: (the batch, its foreground, box losses, the scoring
+    loss, the LossSums)."""
     outputs = hand_built_outputs()
     foreground, box = box_losses_of(outputs)
     scoring = FocalLoss(alpha=-1, gamma=0.0)
-    sums = OhemLoss(scoring_loss=scoring, batch_size_per_image=100, fg_fraction=-1, nms_thresh=1.0)(
-        outputs, foreground, box)
+    loss = OhemLoss(scoring_loss=scoring, batch_size_per_image=batch_size_per_image, fg_fraction=-1,
+                    nms_thresh=nms_thresh)
+    return outputs, foreground, box, scoring, loss(outputs, foreground, box)
+
+
+def test_ohem_with_room_for_every_anchor_is_the_plain_sum_over_valid_anchors():
+    outputs, _, _, scoring, sums = ohem_sums(batch_size_per_image=100, nms_thresh=1.0)
     assert sums.count == 10  # every non-ignored anchor: 5 per image
     assert sums.box == 6.0
     torch.testing.assert_close(sums.cls, scoring.per_anchor(outputs.logits, outputs.labels).sum(), rtol=1e-6, atol=0)
 
 
 def test_ohem_with_one_anchor_per_image_keeps_each_images_highest_loss_anchor():
-    outputs = hand_built_outputs()
-    foreground, box = box_losses_of(outputs)
-    scoring = FocalLoss(alpha=-1, gamma=0.0)
-    sums = OhemLoss(scoring_loss=scoring, batch_size_per_image=1, fg_fraction=-1, nms_thresh=0.7)(
-        outputs, foreground, box)
+    outputs, foreground, box, scoring, sums = ohem_sums(batch_size_per_image=1, nms_thresh=0.7)
     cls = scoring.per_anchor(outputs.logits, outputs.labels).detach()
     box_per_anchor = torch.zeros(2, 6)
     box_per_anchor[foreground] = box

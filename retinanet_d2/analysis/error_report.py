@@ -18,6 +18,7 @@ from typing import Dict, List, Sequence
 import cv2
 import numpy as np
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
@@ -68,7 +69,7 @@ def analyze_errors(coco_gt: COCO, results: List[Dict], class_names: Sequence[str
     ranked = sorted(images, key=lambda image: (-len(image.errors), image.image_id))[:worst]
     ranked = [image for image in ranked if image.errors]
     os.makedirs(os.path.join(output_dir, WORST_FOLDER), exist_ok=True)
-    worst_rows = [_draw_worst(rank, image, coco_gt, results, class_names, image_files, output_dir, score_thresh)
+    worst_rows = [_draw_worst(rank, image, evaluation, class_names, image_files, output_dir, score_thresh)
                   for rank, image in enumerate(ranked, start=1)]
     report = {"score_thresh": score_thresh, "match_iou": 0.5, "classes": list(class_names), "per_class": per_class,
               "confusion_matrix": {"rows": "ground truth (classes, then background)",
@@ -81,9 +82,10 @@ def analyze_errors(coco_gt: COCO, results: List[Dict], class_names: Sequence[str
     return report
 
 
-def _draw_worst(rank: int, image: ImageErrors, coco_gt: COCO, results: List[Dict], class_names: Sequence[str],
+def _draw_worst(rank: int, image: ImageErrors, evaluation: COCOeval, class_names: Sequence[str],
                 image_files: Dict[int, str], output_dir: str, score_thresh: float) -> Dict:
-    """Draw one image of the worst list (when its file is known); its row of the report."""
+    """Draw one image of the worst list (when its file is known), its boxes and detections from the
+    evaluation's per-image indices; its row of the report."""
     row = {"rank": rank, "image_id": image.image_id, "file_name": image_files.get(image.image_id),
            "true_positives": sum(image.true_positives.values()), "errors": image.errors}
     if row["file_name"] is None:
@@ -93,11 +95,12 @@ def _draw_worst(rank: int, image: ImageErrors, coco_gt: COCO, results: List[Dict
         row["draw_error"] = f"cannot read {row['file_name']} as an image"
         logger.warning(f"error analysis: image {image.image_id} not drawn: {row['draw_error']}")
         return row
-    class_of = {c: k for k, c in enumerate(sorted(coco_gt.getCatIds()))}
+    class_of = {c: k for k, c in enumerate(evaluation.params.catIds)}
+    coco_gt = evaluation.cocoGt
     for annotation in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[image.image_id], iscrowd=False)):
         _box(picture, annotation["bbox"], (255, 255, 255), f"GT {class_names[class_of[annotation['category_id']]]}", 2)
-    for result in results:
-        if result["image_id"] == image.image_id and result["score"] >= score_thresh:
+    for result in evaluation.cocoDt.imgToAnns[image.image_id]:
+        if result["score"] >= score_thresh:
             k = class_of[result["category_id"]]
             colour = tuple(int(255 * c) for c in class_colors([k])[0][::-1])  # BGR
             _box(picture, result["bbox"], colour, f"{class_names[k]} {result['score']:.2f}", 1)
