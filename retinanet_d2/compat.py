@@ -11,29 +11,6 @@ def has_compiled_ops() -> bool:
     return not getattr(_C, "IS_PLACEHOLDER", False)
 
 
-def default_trainer_saves_optimizer() -> bool:
-    """Whether detectron2's DefaultTrainer checkpoints its optimizer (and AMP scaler).
-
-    detectron2 0.6's does not: a resumed run restarts SGD momentum from zero.
-    """
-    from detectron2.engine import DefaultTrainer
-
-    return "state_dict" in vars(DefaultTrainer)
-
-
-def replace_train_loader(simple_trainer, data_loader) -> None:
-    """Make detectron2's SimpleTrainer/AMPTrainer read from ``data_loader`` from now on.
-
-    detectron2 0.6 creates its iterator eagerly (``_data_loader_iter``); current versions create it
-    lazily and offer ``reset_data_loader``.
-    """
-    if hasattr(simple_trainer, "reset_data_loader"):
-        simple_trainer.reset_data_loader(lambda: data_loader)
-    else:
-        simple_trainer.data_loader = data_loader
-        simple_trainer._data_loader_iter = iter(data_loader)
-
-
 def create_ddp_model(model, **kwargs):
     """detectron2's ``create_ddp_model`` for a model on any device: ``model`` itself in one process,
     else DistributedDataParallel with ``kwargs``.

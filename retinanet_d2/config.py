@@ -14,6 +14,11 @@ from detectron2.config import get_cfg
 from .config_files import find_config_file
 
 
+def is_lazy(cfg) -> bool:
+    """Whether ``cfg`` is a LazyConfig (an OmegaConf node) rather than a yacs CfgNode."""
+    return not isinstance(cfg, CN)
+
+
 def add_retinanet_config(cfg: CN) -> CN:
     """Add ``MODEL.FOCAL_RETINANET`` to ``cfg`` in place and return it. Idempotent."""
     if "FOCAL_RETINANET" in cfg.MODEL:

@@ -15,7 +15,7 @@ import shutil
 import time
 
 import torch
-from detectron2.config import CfgNode, LazyConfig, instantiate
+from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
@@ -23,7 +23,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from .atomic import atomic_open, atomic_path, is_unfinished_write
-from .config import retinanet_node
+from .config import is_lazy, retinanet_node
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +31,13 @@ logger = logging.getLogger(__name__)
 LAZY_TRAIN_KEYS = {
     "output_dir", "init_checkpoint", "max_iter", "amp", "ddp", "checkpointer", "eval_period",
     "log_period", "device", "seed", "cudnn_benchmark", "float32_precision", "best_checkpointer",
+    "validation_loss_period",
 }
 BEST_MODES = ("max", "min")
-LAZY_AMP_KEYS = {"enabled", "dtype", "test"}  # dtype and test are this project's (lazy_engine.py)
+LAZY_AMP_KEYS = {"enabled", "dtype", "test"}  # dtype and test are this project's (engine.py)
 CONFIG_FILE = "config.yaml"
 # What a run writes into its output folder and what --start-over moves away.
 RUN_FILES = ("last_checkpoint", CONFIG_FILE, "metrics.json", "log.txt", "inference")
-
-
-def is_lazy(cfg) -> bool:
-    return not isinstance(cfg, CfgNode)
 
 
 def output_dir_of(cfg) -> str:

@@ -1,13 +1,15 @@
 """The loss on the test datasets during training, logged beside the training loss (the question
 "is it overfitting?" that detectron2 leaves to the user): every MODEL.FOCAL_RETINANET.VALIDATION_LOSS_PERIOD
-iterations and after the last, the model's losses (in training mode, without gradients) averaged over
-the images of DATASETS.TEST, resized as at test time, as "validation_loss" (their sum) and
-"validation_<name>" for each loss term."""
+(LazyConfig: train.validation_loss_period) iterations and after the last, the model's losses (in
+training mode, without gradients) averaged over the images of the test datasets, resized as at test
+time, as "validation_loss" (their sum) and "validation_<name>" for each loss term."""
+import copy
 from typing import Dict
 
 import torch
 
 import detectron2.data.transforms as T
+from detectron2.config import instantiate
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -20,6 +22,14 @@ def build_validation_loader(cfg):
     mapper = FileNamingDatasetMapper(cfg, is_train=True, augmentations=[
         T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)])
     return build_detection_test_loader(cfg, list(cfg.DATASETS.TEST), mapper=mapper)
+
+
+def instantiate_validation_loader(cfg):
+    """A LazyConfig's dataloader.test with its mapper keeping the annotations (is_train=True; its
+    augmentations, the test resize, unchanged)."""
+    node = copy.deepcopy(cfg.dataloader.test)
+    node.mapper.is_train = True
+    return instantiate(node)
 
 
 @torch.no_grad()

@@ -12,7 +12,9 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from helpers import INSTANT, image_with_boxes, run_train_net, tiny_cfg, well_scaled_model
+import retinanet_d2
 from retinanet_d2.amp import MixedPrecisionTrainer, amp_dtype, inference_autocast
+from retinanet_d2.engine import Trainer
 from retinanet_d2.modeling.losses import focal_loss_from_labels, sigmoid_focal_loss, sigmoid_focal_loss_star
 
 DEVICES = [("cpu", torch.bfloat16)] + [("cuda", torch.float16), ("cuda", torch.bfloat16)] * torch.cuda.is_available()
@@ -148,6 +150,25 @@ def test_mixed_precision_steps_call_the_hooks_after_backward():
 
     trainer.register_hooks([GradientsSeen()])
     trainer.train(0, 2)
+    assert seen == [True, True]
+
+
+@pytest.mark.skipif(not hasattr(TrainerBase, "after_backward"), reason="detectron2 0.6 has no after_backward hooks")
+@pytest.mark.parametrize("amp", [True, False], ids=["amp", "float32"])
+def test_the_engines_hooks_run_after_backward(tmp_path, amp):
+    """The engine's hooks see the gradients between backward and the step (detectron2's DefaultTrainer
+    leaves them to its inner step trainer, which has no hooks)."""
+    cfg = retinanet_d2.load_config(INSTANT, ["SOLVER.AMP.ENABLED", str(amp), "SOLVER.MAX_ITER", "2",
+                                             "OUTPUT_DIR", str(tmp_path), "TEST.EVAL_PERIOD", "0"])
+    trainer = Trainer(cfg)
+    seen = []
+
+    class GradientsSeen(HookBase):
+        def after_backward(self):
+            seen.append(trainer.model.head.cls_score.weight.grad is not None)
+
+    trainer.register_hooks([GradientsSeen()])
+    trainer.train()
     assert seen == [True, True]
 
 

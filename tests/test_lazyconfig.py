@@ -3,6 +3,7 @@ command line (--dataset), in yacs and LazyConfig runs."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +16,9 @@ from detectron2.utils.events import EventStorage
 
 import retinanet_d2
 from helpers import CONFIGS, INSTANT, REPO, image_with_boxes, run_train_net, well_scaled_model
+from retinanet_d2.checkpoint import load_model_weights
 from retinanet_d2.data.shapes import SPLITS, default_root, generate_split, split_paths
+from retinanet_d2.validation_loss import instantiate_validation_loader, mean_losses
 from weights_files import randomize_norms
 
 LAZY_DEMO = os.path.join(CONFIGS, "lazy", "shapes_demo.py")
@@ -65,6 +68,44 @@ def test_lazy_train_resume_and_eval_only(tmp_path):
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
     report = json.loads((tmp_path / "inference" / "errors_shapes_tiny_val" / "errors.json").read_text())
     assert [row["class"] for row in report["per_class"]] == ["circle", "square", "triangle"]
+
+
+def test_lazy_resume_continues_the_image_stream_exactly(tmp_path):
+    """A run resumed from its iteration-1 checkpoint ends with the weights and SGD momentum of the
+    uninterrupted run (the resumed loader skips the images iterations 0-1 took; flips off, a fixed seed)."""
+    common = [*LAZY_TINY, "train.seed=3", "dataloader.train.mapper.augmentations.1.prob=0.0", "train.eval_period=0",
+              "train.max_iter=4"]
+    run_train_net("--config-file", LAZY_DEMO, *common, f"train.output_dir={tmp_path / 'whole'}")
+    (tmp_path / "split").mkdir()  # as if killed after the checkpoint of iteration 1
+    shutil.copy(tmp_path / "whole" / "model_0000001.pth", tmp_path / "split")
+    (tmp_path / "split" / "last_checkpoint").write_text("model_0000001.pth")
+    log = run_train_net("--config-file", LAZY_DEMO, "--resume", *common, f"train.output_dir={tmp_path / 'split'}")
+    assert "Starting training from iteration 2" in log
+    whole = torch.load(tmp_path / "whole" / "model_final.pth", weights_only=False)
+    split = torch.load(tmp_path / "split" / "model_final.pth", weights_only=False)
+    assert whole["iteration"] == split["iteration"] == 3
+    for name, value in whole["model"].items():
+        assert torch.equal(value, split["model"][name]), name
+    whole_sgd, split_sgd = (c["trainer"]["_trainer"]["optimizer"]["state"] for c in (whole, split))
+    assert len(whole_sgd) == len(split_sgd) > 0
+    for key, state in whole_sgd.items():
+        assert torch.equal(state["momentum_buffer"], split_sgd[key]["momentum_buffer"])
+
+
+def test_lazy_training_logs_the_validation_loss_of_its_weights(tmp_path):
+    """train.validation_loss_period: the logged losses equal those of model_final.pth on dataloader.test."""
+    overrides = [*LAZY_TINY, "train.validation_loss_period=2", "train.max_iter=4", "train.eval_period=0"]
+    run_train_net("--config-file", LAZY_DEMO, *overrides, f"train.output_dir={tmp_path}")
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    logged = {r["iteration"]: r for r in records if "validation_loss" in r}
+    assert sorted(logged) == [1, 3]
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(LAZY_DEMO), overrides)
+    model = instantiate(cfg.model).train()
+    load_model_weights(model, str(tmp_path / "model_final.pth"))
+    with EventStorage():
+        expected = mean_losses(model, instantiate_validation_loader(cfg))
+    for name in ("loss_cls", "loss_box_reg"):
+        assert logged[3][f"validation_{name}"] == pytest.approx(expected[name], rel=1e-5)
 
 
 def test_lazy_eval_only_loads_weights_in_any_format(tmp_path):

@@ -4,16 +4,22 @@ detectron2's ``TrainingSampler`` restarts its index stream when a run is resumed
 sees other images than the uninterrupted one would have. ``ResumableTrainingSampler`` yields the same
 infinite, seeded stream and skips what the first ``start_iter`` iterations consumed. The skip is
 exact without aspect-ratio grouping or when all images fall in one group; with several groups, the
-images that sat in the grouping buffers at the checkpoint are not replayed.
+images that sat in the grouping buffers at the checkpoint are not replayed. The same for yacs
+configs (``build_resumable_train_loader``) and LazyConfig ones (``instantiate_resumable_train_loader``).
 """
 import itertools
 import logging
+from typing import Dict, List
 
+from detectron2.config import instantiate
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
+from ..config import is_lazy
 from .mapper import FileNamingDatasetMapper
+
+logger = logging.getLogger(__name__)
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -33,23 +39,40 @@ class ResumableTrainingSampler(TrainingSampler):
         yield from itertools.islice(super().__iter__(), self._skip, None)
 
 
-def build_resumable_train_loader(cfg, start_iter: int):
-    """detectron2's train loader for ``cfg``, continuing at iteration ``start_iter``.
+def resumable_sampler(size: int, total_batch_size: int, start_iter: int, seed: int) -> ResumableTrainingSampler:
+    """The sampler of ``size`` records continued at ``start_iter`` (``total_batch_size`` images per
+    iteration over all processes; ``seed`` < 0: a random one, which a resumed run does not share)."""
+    skip = start_iter * (total_batch_size // comm.get_world_size())
+    return ResumableTrainingSampler(size, skip=skip, seed=seed if seed >= 0 else None)
 
-    The stream is seeded with cfg.SEED when it is >= 0, so that a resumed run gets the same stream.
-    Samplers other than TrainingSampler are built by detectron2 and restart (logged).
-    """
-    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-        logging.getLogger(__name__).warning(
-            f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN} restarts its stream on resume"
-        )
-        return build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, is_train=True))
-    dataset = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-    )
-    per_process_batch = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-    sampler = ResumableTrainingSampler(
-        len(dataset), skip=start_iter * per_process_batch, seed=cfg.SEED if cfg.SEED >= 0 else None
-    )
+
+def training_records(cfg) -> List[Dict]:
+    """The training datasets' records (DATASETS.TRAIN, filtered as DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    says; LazyConfig: dataloader.train.dataset instantiated)."""
+    if is_lazy(cfg):
+        return instantiate(cfg.dataloader.train.dataset)
+    return get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+
+
+def build_resumable_train_loader(cfg, records: List[Dict], start_iter: int):
+    """detectron2's train loader for a yacs ``cfg`` over ``records``, continuing at ``start_iter``;
+    seeded with cfg.SEED when it is >= 0. Samplers other than TrainingSampler restart (logged)."""
     mapper = FileNamingDatasetMapper(cfg, is_train=True)
-    return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, mapper=mapper)
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        if start_iter:
+            logger.warning(f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN} restarts its stream on resume")
+        return build_detection_train_loader(cfg, dataset=records, mapper=mapper)
+    sampler = resumable_sampler(len(records), cfg.SOLVER.IMS_PER_BATCH, start_iter, cfg.SEED)
+    return build_detection_train_loader(cfg, dataset=records, sampler=sampler, mapper=mapper)
+
+
+def instantiate_resumable_train_loader(node, records: List[Dict], start_iter: int, seed: int):
+    """A LazyConfig's ``dataloader.train`` over ``records`` (its instantiated dataset), continuing at
+    ``start_iter``; a sampler the config sets itself restarts (logged)."""
+    spec = {key: node[key] for key in node}
+    spec["dataset"] = records
+    if node.get("sampler") is None:
+        spec["sampler"] = resumable_sampler(len(records), node.total_batch_size, start_iter, seed)
+    elif start_iter:
+        logger.warning("dataloader.train.sampler is set in the config: its stream restarts on resume")
+    return instantiate(spec)
