@@ -14,7 +14,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.anchor_generator import build_anchor_generator
 
 import retinanet_d2
-from helpers import CONFIGS, tiny_cfg
+from helpers import CONFIGS, load_tool, tiny_cfg
 
 LEVELS = [(4000, 0), (1500, 1), (300, 2)]  # (anchors, seed) per level
 K = 3
@@ -76,7 +76,7 @@ def test_inference_follows_the_rule():
 ABLATIONS = sorted(glob.glob(os.path.join(CONFIGS, "ablations", "*.yaml")))
 
 
-@pytest.mark.parametrize("path", [p for p in ABLATIONS if not p.endswith("Base-Ablation.yaml")], ids=os.path.basename)
+@pytest.mark.parametrize("path", [p for p in ABLATIONS if not os.path.basename(p).startswith("Base-")], ids=os.path.basename)
 def test_each_ablation_config_means_what_its_name_says(path):
     cfg = retinanet_d2.load_config(path)
     name = os.path.basename(path)[: -len(".yaml")]
@@ -93,16 +93,31 @@ def test_each_ablation_config_means_what_its_name_says(path):
         assert (node.LOSS, node.OHEM_BATCH_SIZE_PER_IMAGE, cfg.MODEL.RESNETS.DEPTH) == ("ohem", int(m.group(2)), 101)
         assert node.OHEM_FG_FRACTION == (0.25 if m.group(1) == "1to3" else -1.0)
         assert (retina.FOCAL_LOSS_GAMMA, retina.FOCAL_LOSS_ALPHA, node.OHEM_NMS_THRESH) == (0.0, -1.0, 0.7)  # plain CE
-    elif name == "t1d_fl_R101":
-        assert (node.LOSS, retina.FOCAL_LOSS_GAMMA, retina.FOCAL_LOSS_ALPHA, cfg.MODEL.RESNETS.DEPTH) == ("focal", 2.0, 0.25, 101)
     elif m := re.fullmatch(r"t1e_R(\d+)_(\d+)", name):
         size = int(m.group(2))
         assert cfg.MODEL.RESNETS.DEPTH == int(m.group(1))
+        assert cfg.MODEL.WEIGHTS.endswith(f"R-{m.group(1)}.pkl")
         assert cfg.INPUT.MIN_SIZE_TEST == size and size in cfg.INPUT.MIN_SIZE_TRAIN
     elif m := re.fullmatch(r"appA_fl_star_gamma([\d.]+)_beta([\d.]+)", name):
         assert (node.LOSS, node.STAR_GAMMA, node.STAR_BETA) == ("focal_star", float(m.group(1)), float(m.group(2)))
     else:
         raise AssertionError(f"no rule for the ablation config {name}")
+
+
+def test_ablation_configs_are_the_grid_and_distinct():
+    """configs/ablations/ is what tools/ablation_configs.py's GRID writes, and no two of its rows (nor a
+    row and a SAME_AS target's table row) are one setting."""
+    tool = load_tool("ablation_configs")
+    for name, text in tool.expected_files().items():
+        with open(os.path.join(CONFIGS, "ablations", name), encoding="utf-8") as f:
+            assert f.read() == text, name
+    leaves = {os.path.basename(p) for p in ABLATIONS if not os.path.basename(p).startswith("Base-")}
+    assert leaves == set(tool.expected_files())
+    dumps = {}
+    for name in sorted(leaves):
+        dumps.setdefault(retinanet_d2.load_config(os.path.join(CONFIGS, "ablations", name)).dump(), []).append(name)
+    assert [names for names in dumps.values() if len(names) > 1] == []
+    assert set(tool.SAME_AS.values()) <= {n[: -len(".yaml")] for n in leaves}
 
 
 def build_model_anchor_count(cfg):
