@@ -66,6 +66,10 @@ def add_retinanet_config(cfg: CN) -> CN:
     # Run inference (--eval-only, tools/predict.py) under autocast in AMP_DTYPE; detections stay
     # float32 (scores and boxes are computed from upcast predictions).
     node.TEST_AMP = False
+    # Keep the model's weights and activations in the channels_last (NHWC) memory layout, which CPU
+    # (oneDNN) and GPU (tensor core) convolutions prefer; outputs equal the default layout's to the
+    # precision's rounding (docs/speed.md has the measured speed of both).
+    node.CHANNELS_LAST = False
     # With TEST.EVAL_PERIOD > 0, training keeps OUTPUT_DIR/model_best.pth: the weights of the evaluation
     # with the best BEST_METRIC (a key of the evaluation results, e.g. "bbox/AP50"; "" keeps none),
     # highest for BEST_MODE "max", lowest for "min".

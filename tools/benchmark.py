@@ -2,6 +2,11 @@
 """FocalRetinaNet vs detectron2's RetinaNet (R50-FPN): same config, weights and inputs, interleaved.
 
     python tools/benchmark.py [--device cpu|cuda] [--repeats 5] [--json results.json]
+    python tools/benchmark.py --limits [--profile]   # fractions of the machine's convolution limit
+
+--limits: each path's counted FLOPs, its throughput and its fraction of the best convolution
+throughput this machine reaches in that dtype (lab/limits.py), measured interleaved in the same run;
+--profile: torch.profiler's per-operator table of one training step and one inference.
 """
 import argparse
 import os
@@ -11,6 +16,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from lab.benchmark import dump, format_row, run, table_header  # noqa: E402
+from lab.limits import limit_table, profile_table  # noqa: E402
+
+LIMIT_HEADER = ["path", "GFLOP per call", "GFLOP/s", "% of limit"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown CPU" where it has none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        return "unknown CPU"
 
 
 def main():
@@ -18,9 +35,24 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--limits", action="store_true", help="the limit table instead of the comparison")
+    parser.add_argument("--profile", action="store_true", help="also print the per-operator profiles")
     args = parser.parse_args()
-    print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"medians of {args.repeats}")
+    print(f"device: {args.device} ({cpu_name() if args.device == 'cpu' else torch.cuda.get_device_name()}), "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, medians of {args.repeats}")
+    if args.limits or args.profile:
+        dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if args.device.startswith("cuda") else [])
+        if args.limits:
+            rows = limit_table(args.device, args.repeats, dtypes)
+            print("| " + " | ".join(LIMIT_HEADER) + " |\n|" + "---|" * len(LIMIT_HEADER))
+            for row in rows:
+                print("| " + " | ".join(row) + " |", flush=True)
+            if args.json:
+                dump([LIMIT_HEADER] + rows, args.json)
+        if args.profile:
+            for dtype in dtypes:
+                print(profile_table(args.device, dtype), flush=True)
+        return
     print(table_header(), flush=True)
     rows = []
     for row in run(args.device, args.repeats):

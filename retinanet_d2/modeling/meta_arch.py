@@ -94,6 +94,7 @@ class FocalRetinaNet(DenseDetector):
         box_loss: Optional[nn.Module] = None,
         matcher_chunk_boxes: int = DEFAULTS.MODEL.FOCAL_RETINANET.MATCHER_CHUNK_BOXES,
         clip_boxes_before_nms: bool = DEFAULTS.MODEL.FOCAL_RETINANET.CLIP_BOXES_BEFORE_NMS,
+        channels_last: bool = DEFAULTS.MODEL.FOCAL_RETINANET.CHANNELS_LAST,
     ):
         """
         Args (detectron2 RetinaNet's, with its meanings and defaults: tested against its signature):
@@ -124,6 +125,8 @@ class FocalRetinaNet(DenseDetector):
                 box_reg_loss_type and smooth_l1_beta (with one, they must stay at their defaults).
             matcher_chunk_boxes: boxes per IoU block in anchor assignment (bounds memory).
             clip_boxes_before_nms: clip decoded boxes to the image before NMS.
+            channels_last: weights and input images in the channels_last memory layout (the
+                convolutions then keep it); outputs as in the default layout.
         """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
@@ -168,6 +171,9 @@ class FocalRetinaNet(DenseDetector):
         self.input_format = input_format
         self.matcher_chunk_boxes = matcher_chunk_boxes
         self.clip_boxes_before_nms = clip_boxes_before_nms
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -205,7 +211,15 @@ class FocalRetinaNet(DenseDetector):
             "classification_loss": build_classification_loss(cfg),  # FOCAL_LOSS_ALPHA/GAMMA, STAR_*, OHEM_*
             "matcher_chunk_boxes": node.MATCHER_CHUNK_BOXES,
             "clip_boxes_before_nms": node.CLIP_BOXES_BEFORE_NMS,
+            "channels_last": node.CHANNELS_LAST,
         }
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """detectron2's normalised, padded batch; in channels_last when the model is."""
+        images = super().preprocess_image(batched_inputs)
+        if self.channels_last:
+            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+        return images
 
     # ---------------------------------------------------------------- training
     def dense_outputs(self, batched_inputs: List[Dict]) -> DenseOutputs:
