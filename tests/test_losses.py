@@ -1,4 +1,5 @@
 import math
+import shutil
 
 import pytest
 import torch
@@ -114,6 +115,34 @@ def test_fl_star_with_beta_zero_equals_fvcore():
     torch.testing.assert_close(ours, fvcore_focal_loss_star(LOGITS, t, 0.25, 3.0))
 
 
+def test_a_failing_compile_falls_back_to_eager_once_and_says_so(monkeypatch, caplog):
+    """Without a working compiler: eager results, one warning naming the kernel, no second try."""
+    from retinanet_d2.modeling.compiled import COMPILE_MIN_ELEMENTS, ElementwiseCompiler
+
+    attempts = []
+
+    def broken_compile(kernel, **kwargs):
+        def run(*args):
+            attempts.append(kernel.__name__)
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    compiler = ElementwiseCompiler()
+    x = torch.randn(COMPILE_MIN_ELEMENTS)
+
+    def double(inputs):
+        return inputs * 2
+
+    for _ in range(2):
+        assert torch.equal(compiler(double, x), x * 2)
+    assert compiler.failed and attempts == ["double"]
+    assert any("torch.compile of double failed (RuntimeError: no C++ compiler found)" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler (the fallback is tested above)")
 def test_compiled_kernels_equal_eager_kernels(monkeypatch):
     from retinanet_d2.modeling.compiled import COMPILE_MIN_ELEMENTS, run_elementwise
 
