@@ -49,8 +49,8 @@ def build_pair(device: str):
     return ours, ref
 
 
-def training_batch(device: str, num_images=2, height=512, width=640, boxes_per_image=10):
-    """Random images (3, H, W) with ``boxes_per_image`` random boxes of random classes."""
+def training_batch(device: str, num_images=2, height=512, width=640, boxes_per_image=10, num_classes=80):
+    """Random images (3, H, W) with ``boxes_per_image`` random boxes of random classes (< num_classes)."""
     generator = torch.Generator().manual_seed(0)
     batch = []
     for _ in range(num_images):
@@ -58,7 +58,7 @@ def training_batch(device: str, num_images=2, height=512, width=640, boxes_per_i
         wh = 16 + torch.rand(boxes_per_image, 2, generator=generator) * 200
         instances = Instances((height, width))
         instances.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
-        instances.gt_classes = torch.randint(0, 80, (boxes_per_image,), generator=generator)
+        instances.gt_classes = torch.randint(0, num_classes, (boxes_per_image,), generator=generator)
         image = torch.rand(3, height, width, generator=generator) * 255
         batch.append({"image": image.to(device), "instances": instances})
     return batch

@@ -161,3 +161,35 @@ def profile_table(device: str, dtype: torch.dtype, rows: int = 15) -> str:
                    f"of self time ({total / 1e3:.0f} ms in all)")
         out.append(averages.table(sort_by=sort_key, row_limit=rows))
     return "\n".join(out)
+
+
+def layout_ratios(config: str, device: str, repeats: int, size: int) -> List[List[str]]:
+    """Rows (dtype, path, default ms, channels_last ms, ratio) for ``config``'s model (no weights file)
+    on SOLVER.IMS_PER_BATCH random images of ``size`` x ``size`` px (training step) and one (inference),
+    in float32 and under bfloat16/float16 autocast; times interleaved, medians of ``repeats``."""
+    from detectron2.modeling import build_model
+
+    from lab.benchmark import inference, interleaved_medians, train_step, training_batch
+    from retinanet_d2 import load_config
+
+    cfg = load_config(config, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device])
+    torch.manual_seed(0)
+    default = build_model(cfg)
+    channels_last = copy.deepcopy(default)  # what MODEL.FOCAL_RETINANET.CHANNELS_LAST builds
+    channels_last.channels_last = True
+    channels_last.to(memory_format=torch.channels_last)
+    batch = training_batch(device, cfg.SOLVER.IMS_PER_BATCH, size, size, num_classes=cfg.MODEL.RETINANET.NUM_CLASSES)
+    images = [{"image": batch[0]["image"]}]
+    rows = []
+    for dtype in (None, torch.bfloat16 if device == "cpu" else torch.float16):
+        times = interleaved_medians({
+            "step default": lambda: train_step(default, batch, device, dtype),
+            "step channels_last": lambda: train_step(channels_last, batch, device, dtype),
+            "inference default": lambda: inference(default, images, device, dtype),
+            "inference channels_last": lambda: inference(channels_last, images, device, dtype),
+        }, device, repeats)
+        name = "float32" if dtype is None else str(dtype).replace("torch.", "")
+        for path in ("step", "inference"):
+            a, b = times[f"{path} default"], times[f"{path} channels_last"]
+            rows.append([name, path, f"{a * 1000:.1f}", f"{b * 1000:.1f}", f"{b / a:.2f}"])
+    return rows

@@ -3,6 +3,7 @@
 
     python tools/benchmark.py [--device cpu|cuda] [--repeats 5] [--json results.json]
     python tools/benchmark.py --limits [--profile]   # fractions of the machine's convolution limit
+    python tools/benchmark.py --layouts configs/shapes_demo.yaml --size 224   # channels_last vs default
 
 --limits: each path's counted FLOPs, its throughput and its fraction of the best convolution
 throughput this machine reaches in that dtype (lab/limits.py), measured interleaved in the same run;
@@ -16,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from lab.benchmark import dump, format_row, run, table_header  # noqa: E402
-from lab.limits import limit_table, profile_table  # noqa: E402
+from lab.limits import layout_ratios, limit_table, profile_table  # noqa: E402
 
 LIMIT_HEADER = ["path", "GFLOP per call", "GFLOP/s", "% of limit"]
 
@@ -37,9 +38,17 @@ def main():
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--limits", action="store_true", help="the limit table instead of the comparison")
     parser.add_argument("--profile", action="store_true", help="also print the per-operator profiles")
+    parser.add_argument("--layouts", metavar="CONFIG", help="time CONFIG's model in both memory layouts instead")
+    parser.add_argument("--size", type=int, default=224, help="--layouts: square image side in px")
     args = parser.parse_args()
     print(f"device: {args.device} ({cpu_name() if args.device == 'cpu' else torch.cuda.get_device_name()}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, medians of {args.repeats}")
+    if args.layouts:
+        print(f"{args.layouts}: SOLVER.IMS_PER_BATCH images of {args.size} px (step), one (inference)")
+        print("| dtype | path | default ms | channels_last ms | ratio |\n|---|---|---|---|---|")
+        for row in layout_ratios(args.layouts, args.device, args.repeats, args.size):
+            print("| " + " | ".join(row) + " |", flush=True)
+        return
     if args.limits or args.profile:
         dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if args.device.startswith("cuda") else [])
         if args.limits:
