@@ -66,7 +66,7 @@ def add_retinanet_config(cfg: CN) -> CN:
     # Run inference (--eval-only, tools/predict.py) under autocast in AMP_DTYPE; detections stay
     # float32 (scores and boxes are computed from upcast predictions).
     node.TEST_AMP = False
-    # Keep the model's weights and activations in the channels_last (NHWC) memory layout, which CPU
+    # Keep the model's weights (and so its activations) in the channels_last (NHWC) memory layout, which CPU
     # (oneDNN) and GPU (tensor core) convolutions prefer; outputs equal the default layout's to the
     # precision's rounding (docs/speed.md has the measured speed of both).
     node.CHANNELS_LAST = False

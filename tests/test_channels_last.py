@@ -40,7 +40,7 @@ def test_channels_last_computes_what_the_default_layout_computes(norm, dtype):
     default, channels_last = _pair(norm)
     assert channels_last.head.cls_score.weight.is_contiguous(memory_format=torch.channels_last)
     batch = [image_with_boxes(seed=0), image_with_boxes(seed=1)]
-    features = channels_last.backbone(channels_last.preprocess_image(batch).tensor)
+    features = channels_last.backbone(channels_last.preprocess_image(batch).tensor)  # an NCHW batch
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in features.values())
 
     losses, gradients = _losses_and_gradients(default, batch, dtype)

@@ -125,8 +125,9 @@ class FocalRetinaNet(DenseDetector):
                 box_reg_loss_type and smooth_l1_beta (with one, they must stay at their defaults).
             matcher_chunk_boxes: boxes per IoU block in anchor assignment (bounds memory).
             clip_boxes_before_nms: clip decoded boxes to the image before NMS.
-            channels_last: weights and input images in the channels_last memory layout (the
-                convolutions then keep it); outputs as in the default layout.
+            channels_last: weights in the channels_last memory layout; convolutions with such
+                weights return channels_last outputs (CPU and CUDA), so every activation after the
+                stem keeps it; outputs as in the default layout.
         """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
@@ -213,13 +214,6 @@ class FocalRetinaNet(DenseDetector):
             "clip_boxes_before_nms": node.CLIP_BOXES_BEFORE_NMS,
             "channels_last": node.CHANNELS_LAST,
         }
-
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        """detectron2's normalised, padded batch; in channels_last when the model is."""
-        images = super().preprocess_image(batched_inputs)
-        if self.channels_last:
-            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
-        return images
 
     # ---------------------------------------------------------------- training
     def dense_outputs(self, batched_inputs: List[Dict]) -> DenseOutputs:
