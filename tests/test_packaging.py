@@ -2,6 +2,7 @@
 dependencies, not the test runner) and carries every config, which the installed package finds by name."""
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,8 +15,13 @@ from helpers import CONFIGS, REPO
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
+    """The wheel of a copy of the checkout without its build products (setuptools reuses ./build, which
+    would carry files the checkout no longer has)."""
     folder = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", REPO,
+    source = folder / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        "build", ".venv*", "output", "datasets", ".git", "*.egg-info", "__pycache__", ".pytest_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(source),
                     "-w", str(folder)], check=True, capture_output=True, cwd=folder)
     (path,) = glob.glob(str(folder / "retinanet_d2-*.whl"))
     return path
