@@ -19,26 +19,29 @@ def test_settings_are_named_as_the_study_names_them_at_m_1():
                             "MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT", "10.0"]
 
 
-def fake_ap(overrides, seed):
-    """FL: 50 + seed at every m; CE: 50 - m / 10 + alpha + seed (its best is its highest alpha);
-    CE alpha .999 at m 100 diverges."""
+def fake_ap(overrides, seed, fl_drop_at_100=0.0):
+    """FL: 50 + alpha + seed at every m (minus ``fl_drop_at_100`` at m 100); CE: 50 - m / 10 + alpha + seed
+    (its best is its highest alpha); CE alpha .999 at m 100 diverges."""
     alpha = float(overrides[overrides.index("MODEL.RETINANET.FOCAL_LOSS_ALPHA") + 1])
     m = float(overrides[overrides.index("MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT") + 1]) \
         if "MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT" in overrides else 1.0
     if "MODEL.RETINANET.FOCAL_LOSS_GAMMA" not in overrides:
-        return 50.0 + alpha + seed
+        return 50.0 + alpha + seed - (fl_drop_at_100 if m == 100 else 0.0)
     if alpha == 0.999:
         raise RuntimeError(f"training failed:\nFloatingPointError: {sweep.DIVERGED}, iteration 7")
     return 50.0 - m / 10 + alpha + seed
 
 
-def test_two_phases_reuse_and_divergence(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fl_drop_at_100,extra_runs", [(0.0, 0), (5.0, 4)], ids=["held", "inconclusive"])
+def test_phases_reuse_and_divergence(tmp_path, monkeypatch, fl_drop_at_100, extra_runs):
+    """Held on seeds 1-3 (FL stable at m 100): two phases. Inconclusive (FL loses 5 AP at m 100): then
+    the best FL and CE at m 100 on seeds 4 and 5 too (VERDICT_RULE)."""
     calls = []
 
     def fake_train_net_run(config_file, overrides, output_dir, threads=0):
         seed = int(overrides[overrides.index("SEED") + 1])
         calls.append((tuple(overrides), seed))
-        ap = fake_ap(overrides, seed)
+        ap = fake_ap(overrides, seed, fl_drop_at_100)
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "metrics.json"), "w") as f:
             for iteration in (19, 499, 519):
@@ -59,7 +62,11 @@ def test_two_phases_reuse_and_divergence(tmp_path, monkeypatch):
     # Best by seed 1: m 1 CE a0.9 (61, reused) and FL a.5 (51.5); m 10: FL a.5, CE a0.99; m 100: FL a.5,
     # CE a0.99 (a0.999 diverged: AP 0). Phase 2 runs those on seeds 2 and 3, except the reused CE a0.9.
     later = {overrides[:-2] for overrides, seed in calls if seed > 1}  # without "SEED k"
-    assert len(later) == 5 and sum(seed > 1 for _, seed in calls) == 10
+    assert len(later) == 5 and sum(1 < seed < 4 for _, seed in calls) == 10
+    extra = sorted((overrides[:-2], seed) for overrides, seed in calls if seed > 3)
+    assert len(extra) == extra_runs and all("100" in o[o.index("MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT") + 1]
+                                            for o, _ in extra)
+    assert {seed for _, seed in extra} == ({4, 5} if extra_runs else set())
     assert runs["CE a0.999 m100 | seed 1"]["diverged"] and runs["CE a0.999 m100 | seed 1"]["bbox/AP"] == 0.0
     assert runs["CE a0.9 | seed 2"]["reused"] and runs["CE a0.9 m100 | seed 1"]["far_share_first500"] == pytest.approx(0.259)
     assert runs["CE a0.99 m10 | seed 3"]["far_share"] == [[19, 0.019], [499, 0.499], [519, 0.519]]
