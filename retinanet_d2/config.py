@@ -6,7 +6,8 @@ Keys detectron2 already has (``MODEL.RETINANET.*``, ``MODEL.ANCHOR_GENERATOR.*``
 keyword defaults read it, and ``retinanet_node`` gives its node to configs that lack it (a plain
 detectron2 ``get_cfg()`` that only names ``FocalRetinaNet``).
 """
-from typing import Sequence
+import contextlib
+from typing import Dict, Sequence
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
@@ -17,6 +18,22 @@ from .config_files import find_config_file
 def is_lazy(cfg) -> bool:
     """Whether ``cfg`` is a LazyConfig (an OmegaConf node) rather than a yacs CfgNode."""
     return not isinstance(cfg, CN)
+
+
+@contextlib.contextmanager
+def naming_config_keys(keys: Dict[str, str]):
+    """On a config path: a ValueError that a config-free module raises about one of its arguments (its
+    message begins with the argument's name) is raised again beginning with the config key the
+    argument came from, ``keys[argument]`` (modules name their own arguments; only the config path
+    knows the keys)."""
+    try:
+        yield
+    except ValueError as error:
+        message = str(error)
+        argument = next((a for a in keys if message.startswith(a + " ")), None)
+        if argument is None:
+            raise
+        raise ValueError(keys[argument] + message[len(argument):]) from error
 
 
 def add_retinanet_config(cfg: CN) -> CN:

@@ -53,10 +53,11 @@ def test_built_from_config_in_paper_terms():
     assert build_anchor_generator(cfg, shapes).num_cell_anchors == [1] * 5
 
 
-def test_bad_anchor_settings_name_the_key():
-    with pytest.raises(ValueError, match="SCALES_PER_OCTAVE"):
+def test_bad_anchor_settings_name_the_argument():
+    """Config-free: the argument's name (the model's config path names the key: test_model)."""
+    with pytest.raises(ValueError, match="^scales_per_octave must be >= 1, got 0$"):
         octave_anchor_sizes(STRIDES, 4.0, 0)
-    with pytest.raises(ValueError, match="OCTAVE_BASE_SCALE"):
+    with pytest.raises(ValueError, match="^octave_base_scale must be > 0, got -1.0$"):
         octave_anchor_sizes(STRIDES, -1.0, 3)
 
 

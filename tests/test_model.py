@@ -69,8 +69,10 @@ def test_p6_from_p5_option():
     cfg = tiny_cfg(**{"MODEL.FOCAL_RETINANET.P6_INPUT": "p5"})
     assert build_backbone(cfg).top_block.p6.in_channels == 32
     cfg = tiny_cfg(**{"MODEL.FOCAL_RETINANET.P6_INPUT": "c4"})
-    with pytest.raises(ValueError, match="P6_INPUT"):
+    with pytest.raises(ValueError, match="^MODEL.FOCAL_RETINANET.P6_INPUT must be one of"):
         build_backbone(cfg)
+    with pytest.raises(ValueError, match="^in_feature must be one of"):  # config-free: its argument
+        P6P7TopBlock(32, 32, in_feature="c4")
 
 
 def test_head_initialisation():
@@ -202,14 +204,17 @@ def test_constructor_is_a_drop_in_for_detectron2_retinanet():
         ("MODEL.RETINANET.IOU_LABELS", [0, 2, 1], "IOU_LABELS"),
         ("MODEL.RETINANET.IOU_LABELS", [0, 1], "IOU_LABELS"),
         ("MODEL.ANCHOR_GENERATOR.SIZES", [[16, 32, 64]], "ANCHOR_GENERATOR.SIZES.*OCTAVE_BASE_SCALE"),
-        ("MODEL.RETINANET.NORM", "BN", "MODEL.RETINANET.NORM"),
-        ("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "iou", "BBOX_REG_LOSS_TYPE"),
-        ("MODEL.RETINANET.SMOOTH_L1_LOSS_BETA", -0.1, "SMOOTH_L1_LOSS_BETA"),
+        ("MODEL.RETINANET.NORM", "BN", "^MODEL.RETINANET.NORM must be one of"),
+        ("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "iou", "^MODEL.RETINANET.BBOX_REG_LOSS_TYPE must be one of"),
+        ("MODEL.RETINANET.SMOOTH_L1_LOSS_BETA", -0.1, "^MODEL.RETINANET.SMOOTH_L1_LOSS_BETA must be >= 0"),
         ("MODEL.RETINANET.IN_FEATURES", ["p2", "p3"], "IN_FEATURES"),
-        ("MODEL.RETINANET.PRIOR_PROB", 1.0, "PRIOR_PROB"),
+        ("MODEL.RETINANET.PRIOR_PROB", 1.0, "^MODEL.RETINANET.PRIOR_PROB must be in"),
         ("MODEL.FOCAL_RETINANET.LOSS", "ohem_typo", "MODEL.FOCAL_RETINANET.LOSS"),
-        ("MODEL.FOCAL_RETINANET.MATCHER_CHUNK_BOXES", 0, "MATCHER_CHUNK_BOXES"),
-        ("MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING", "caffe2", "ANCHOR_ROUNDING"),
+        ("MODEL.FOCAL_RETINANET.MATCHER_CHUNK_BOXES", 0, "^MODEL.FOCAL_RETINANET.MATCHER_CHUNK_BOXES must be >= 1"),
+        ("MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING", "caffe2", "^MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING must be one of"),
+        ("MODEL.FOCAL_RETINANET.SCALES_PER_OCTAVE", 0, "^MODEL.FOCAL_RETINANET.SCALES_PER_OCTAVE must be >= 1"),
+        ("MODEL.FOCAL_RETINANET.OCTAVE_BASE_SCALE", -1.0, "^MODEL.FOCAL_RETINANET.OCTAVE_BASE_SCALE must be > 0"),
+        ("MODEL.FOCAL_RETINANET.LEVEL_SCORE_THRESH_TEST", [0.05, 0.0], "^MODEL.FOCAL_RETINANET.LEVEL_SCORE_THRESH_TEST needs"),
     ],
 )
 def test_bad_settings_fail_at_build_naming_the_key(key, value, message):

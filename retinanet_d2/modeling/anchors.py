@@ -28,9 +28,9 @@ ANCHOR_ROUNDINGS = ("", "torchvision", "detectron")
 def octave_anchor_sizes(strides: List[int], octave_base_scale: float, scales_per_octave: int):
     """Per-level anchor sizes (list of ``len(strides)`` lists of ``scales_per_octave`` floats)."""
     if octave_base_scale <= 0:
-        raise ValueError(f"octave_base_scale (MODEL.FOCAL_RETINANET.OCTAVE_BASE_SCALE) must be > 0, got {octave_base_scale}")
+        raise ValueError(f"octave_base_scale must be > 0, got {octave_base_scale}")
     if scales_per_octave < 1:
-        raise ValueError(f"scales_per_octave (MODEL.FOCAL_RETINANET.SCALES_PER_OCTAVE) must be >= 1, got {scales_per_octave}")
+        raise ValueError(f"scales_per_octave must be >= 1, got {scales_per_octave}")
     return [
         [octave_base_scale * stride * 2 ** (i / scales_per_octave) for i in range(scales_per_octave)]
         for stride in strides
@@ -92,8 +92,7 @@ class OctaveAnchorGenerator(DefaultAnchorGenerator):
         """
         if rounding not in ANCHOR_ROUNDINGS:
             raise ValueError(
-                f"rounding (MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING) must be one of {ANCHOR_ROUNDINGS}, "
-                f"got {rounding!r}"
+                f"rounding must be one of {ANCHOR_ROUNDINGS}, got {rounding!r}"
             )
         sizes = octave_anchor_sizes(strides, octave_base_scale, scales_per_octave)
         super().__init__(sizes=sizes, aspect_ratios=aspect_ratios, strides=strides, offset=offset)

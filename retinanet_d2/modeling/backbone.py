@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone, build_resnet_backbone
 
-from ..config import DEFAULTS, retinanet_node
+from ..config import DEFAULTS, naming_config_keys, retinanet_node
 from .folded_conv import fold_frozen_batchnorm
 
 # Values accepted by MODEL.FOCAL_RETINANET.P6_INPUT.
@@ -37,7 +37,7 @@ class P6P7TopBlock(nn.Module):
         super().__init__()
         if in_feature not in P6_INPUTS:
             raise ValueError(
-                f"in_feature (MODEL.FOCAL_RETINANET.P6_INPUT) must be one of {P6_INPUTS}, got {in_feature!r}"
+                f"in_feature must be one of {P6_INPUTS}, got {in_feature!r}"
             )
         self.in_feature = in_feature
         self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
@@ -87,11 +87,12 @@ def focal_retinanet_fpn(
 @BACKBONE_REGISTRY.register()
 def build_focal_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     """ResNet (MODEL.RESNETS, depths 18–152) + FPN on MODEL.FPN.IN_FEATURES + P6/P7 top block."""
-    return focal_retinanet_fpn(
-        bottom_up=build_resnet_backbone(cfg, input_shape),
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        p6_input=retinanet_node(cfg).P6_INPUT,
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    with naming_config_keys({"in_feature": "MODEL.FOCAL_RETINANET.P6_INPUT"}):
+        return focal_retinanet_fpn(
+            bottom_up=build_resnet_backbone(cfg, input_shape),
+            in_features=cfg.MODEL.FPN.IN_FEATURES,
+            out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+            norm=cfg.MODEL.FPN.NORM,
+            p6_input=retinanet_node(cfg).P6_INPUT,
+            fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        )

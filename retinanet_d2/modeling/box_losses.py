@@ -61,12 +61,11 @@ BOX_LOSS_TYPES = ("smooth_l1", *IOU_LOSSES)
 
 
 def build_box_loss(box_reg_loss_type: str, smooth_l1_beta: float) -> nn.Module:
-    """The box loss of detectron2's RetinaNet arguments; ValueError naming the config key otherwise."""
+    """The box loss of detectron2's RetinaNet arguments; ValueError naming the argument otherwise."""
     if box_reg_loss_type not in BOX_LOSS_TYPES:
-        raise ValueError(f"MODEL.RETINANET.BBOX_REG_LOSS_TYPE must be one of {BOX_LOSS_TYPES}, got {box_reg_loss_type!r}")
+        raise ValueError(f"box_reg_loss_type must be one of {BOX_LOSS_TYPES}, got {box_reg_loss_type!r}")
     if box_reg_loss_type == "smooth_l1":
-        try:
-            return SmoothL1BoxLoss(smooth_l1_beta)
-        except ValueError as error:
-            raise ValueError(f"{error} (MODEL.RETINANET.SMOOTH_L1_LOSS_BETA)") from error
+        if smooth_l1_beta < 0:
+            raise ValueError(f"smooth_l1_beta must be >= 0, got {smooth_l1_beta}")
+        return SmoothL1BoxLoss(smooth_l1_beta)
     return IoUBoxLoss(box_reg_loss_type)

@@ -15,14 +15,14 @@ from detectron2.modeling.anchor_generator import build_anchor_generator
 
 from ..config import DEFAULTS
 
-# Values accepted by MODEL.RETINANET.NORM.
+# Values accepted by the head's norm (MODEL.RETINANET.NORM).
 HEAD_NORMS = ("", "GN")
 
 
 def prior_bias(prior_prob: float) -> float:
     """Classifier bias b = -log((1 - pi) / pi) so that sigmoid(b) = pi at the start (§3.3)."""
     if not 0.0 < prior_prob < 1.0:
-        raise ValueError(f"MODEL.RETINANET.PRIOR_PROB must be in (0, 1), got {prior_prob}")
+        raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
     return -math.log((1 - prior_prob) / prior_prob)
 
 
@@ -55,7 +55,7 @@ class FocalRetinaNetHead(nn.Module):
         if len(channels) != 1:
             raise ValueError(f"all head input levels need the same channels, got {sorted(channels)}")
         if norm not in HEAD_NORMS:
-            raise ValueError(f"MODEL.RETINANET.NORM must be one of {HEAD_NORMS}, got {norm!r}")
+            raise ValueError(f"norm must be one of {HEAD_NORMS}, got {norm!r}")
         in_channels = channels.pop()
         self.cls_subnet = self._tower(in_channels, conv_dims, norm)
         self.bbox_subnet = self._tower(in_channels, conv_dims, norm)

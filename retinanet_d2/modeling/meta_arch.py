@@ -27,7 +27,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..config import DEFAULTS, retinanet_node
+from ..config import DEFAULTS, naming_config_keys, retinanet_node
 from .assignment import match_anchors
 from .box_losses import build_box_loss
 from .dense_losses import DenseOutputs, FocalLoss, build_classification_loss
@@ -60,6 +60,31 @@ def check_iou_thresholds(thresholds, labels) -> None:
             f"MODEL.RETINANET.IOU_LABELS must be {len(thresholds) + 1} labels in {{-1, 0, 1}} "
             f"(one per IoU interval of IOU_THRESHOLDS), got {list(labels)}"
         )
+
+
+def level_score_thresholds(test_score_thresh, head_in_features: List[str], matcher_chunk_boxes: int) -> List[float]:
+    """One test score threshold per level of ``head_in_features`` (a single value is repeated);
+    ValueError naming the argument when the count differs, or when matcher_chunk_boxes < 1."""
+    if matcher_chunk_boxes < 1:
+        raise ValueError(f"matcher_chunk_boxes must be >= 1, got {matcher_chunk_boxes}")
+    if isinstance(test_score_thresh, (int, float)):
+        test_score_thresh = [test_score_thresh] * len(head_in_features)
+    if len(test_score_thresh) != len(head_in_features):
+        raise ValueError(f"test_score_thresh needs one threshold per level of {list(head_in_features)}, "
+                         f"got {list(test_score_thresh)}")
+    return [float(t) for t in test_score_thresh]
+
+
+# The config key of each argument that a module this meta-architecture builds may name in an error.
+CONFIG_KEYS = {
+    "prior_prob": "MODEL.RETINANET.PRIOR_PROB", "norm": "MODEL.RETINANET.NORM",
+    "octave_base_scale": "MODEL.FOCAL_RETINANET.OCTAVE_BASE_SCALE",
+    "scales_per_octave": "MODEL.FOCAL_RETINANET.SCALES_PER_OCTAVE",
+    "rounding": "MODEL.FOCAL_RETINANET.ANCHOR_ROUNDING", "box_reg_loss_type": "MODEL.RETINANET.BBOX_REG_LOSS_TYPE",
+    "smooth_l1_beta": "MODEL.RETINANET.SMOOTH_L1_LOSS_BETA",
+    "matcher_chunk_boxes": "MODEL.FOCAL_RETINANET.MATCHER_CHUNK_BOXES",
+    "test_score_thresh": "MODEL.FOCAL_RETINANET.LEVEL_SCORE_THRESH_TEST",
+}
 
 
 @META_ARCH_REGISTRY.register()
@@ -145,17 +170,7 @@ class FocalRetinaNet(DenseDetector):
                 f"box_reg_loss_type={box_reg_loss_type!r}, smooth_l1_beta={smooth_l1_beta} given together "
                 f"with box_loss={box_loss!r}: set them on the loss object instead"
             )
-        if matcher_chunk_boxes < 1:
-            raise ValueError(
-                f"MODEL.FOCAL_RETINANET.MATCHER_CHUNK_BOXES must be >= 1, got {matcher_chunk_boxes}"
-            )
-        if isinstance(test_score_thresh, (int, float)):
-            test_score_thresh = [float(test_score_thresh)] * len(self.head_in_features)
-        if len(test_score_thresh) != len(self.head_in_features):
-            raise ValueError(
-                f"MODEL.FOCAL_RETINANET.LEVEL_SCORE_THRESH_TEST needs one threshold per level of "
-                f"{list(self.head_in_features)}, got {list(test_score_thresh)}"
-            )
+        test_score_thresh = level_score_thresholds(test_score_thresh, self.head_in_features, matcher_chunk_boxes)
         self.num_classes = num_classes
         self.anchor_generator = anchor_generator
         self.box2box_transform = box2box_transform
@@ -164,7 +179,7 @@ class FocalRetinaNet(DenseDetector):
         self.smooth_l1_beta = smooth_l1_beta
         self.box_reg_loss_type = box_reg_loss_type
         self.box_loss = box_loss or build_box_loss(box_reg_loss_type, smooth_l1_beta)
-        self.test_score_thresh = [float(t) for t in test_score_thresh]
+        self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
@@ -189,11 +204,17 @@ class FocalRetinaNet(DenseDetector):
         feature_shapes = [backbone_shape[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
         check_iou_thresholds(cfg.MODEL.RETINANET.IOU_THRESHOLDS, cfg.MODEL.RETINANET.IOU_LABELS)
         node = retinanet_node(cfg)
+        score_thresh = list(node.LEVEL_SCORE_THRESH_TEST) or cfg.MODEL.RETINANET.SCORE_THRESH_TEST
+        with naming_config_keys(CONFIG_KEYS):  # what __init__ checks again, named by config key here
+            head = FocalRetinaNetHead(cfg, feature_shapes)
+            anchor_generator = build_anchor_generator(cfg, feature_shapes)
+            build_box_loss(cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE, cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA)
+            level_score_thresholds(score_thresh, cfg.MODEL.RETINANET.IN_FEATURES, node.MATCHER_CHUNK_BOXES)
         return {
             "backbone": backbone,
-            "head": FocalRetinaNetHead(cfg, feature_shapes),
+            "head": head,
             "head_in_features": cfg.MODEL.RETINANET.IN_FEATURES,
-            "anchor_generator": build_anchor_generator(cfg, feature_shapes),
+            "anchor_generator": anchor_generator,
             "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
             "anchor_matcher": Matcher(
                 cfg.MODEL.RETINANET.IOU_THRESHOLDS, cfg.MODEL.RETINANET.IOU_LABELS, allow_low_quality_matches=True
@@ -201,7 +222,7 @@ class FocalRetinaNet(DenseDetector):
             "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
             "smooth_l1_beta": cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA,
             "box_reg_loss_type": cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE,
-            "test_score_thresh": list(node.LEVEL_SCORE_THRESH_TEST) or cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
+            "test_score_thresh": score_thresh,
             "test_topk_candidates": cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
