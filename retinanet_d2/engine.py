@@ -125,7 +125,7 @@ class Trainer(DefaultTrainer):
     def train_loader_from(cls, cfg, records, start_iter: int):
         """The train loader over ``records``, its stream continued at ``start_iter``."""
         if is_lazy(cfg):
-            return instantiate_resumable_train_loader(cfg.dataloader.train, records, start_iter, cfg.train.get("seed", -1))
+            return instantiate_resumable_train_loader(cfg.dataloader.train, records, start_iter, RunSettings.of(cfg).seed)
         return build_resumable_train_loader(cfg, records, start_iter)
 
     @classmethod
