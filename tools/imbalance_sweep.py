@@ -8,7 +8,11 @@ JSON (the study's format):
 
 1. seed 1: FL gamma 2 with alpha .25 and .5, CE with the alphas of CE_ALPHAS[m], at every m;
 2. seeds 2 and 3: the best FL and the best CE of each m by seed 1's AP;
-3. only if VERDICT_RULE finds seeds 1-3 inconclusive: seeds 4 and 5 of the best FL and CE at m = 100.
+3. only if VERDICT_RULE finds seeds 1-3 inconclusive: seeds 4 and 5 of the best FL and CE at m = 100;
+4. the natural check (seed 1): the same objects on canvases of twice the side (shapes_sparse_*: four
+   times the background), FL gamma 2 alpha .25 against CE with the alpha that was best at the grid m
+   nearest (log scale) to the weight m* whose negatives per positive pair match the sparse split's;
+   and the same two settings on the study's split weighted by m*.
 
 Runs at m = 1 of the settings the 3200-iteration study already has are copied from --reuse (the loss
 at m = 1 is bit-identical: tests/test_dense_losses.py). A run whose loss diverges is recorded as AP 0
@@ -32,6 +36,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.env import seed_all_rng  # noqa: E402
 
 import retinanet_d2  # noqa: E402
 from retinanet_d2.analysis.batches import first_training_batches  # noqa: E402
@@ -50,6 +55,10 @@ EXTRA_SEEDS = (4, 5)  # at m 100, when seeds 1-3 leave the verdict inconclusive 
 SHARE_KEY, SHARE_ITERATIONS = "far_negative_loss_share", 500
 DIVERGED = "Loss became infinite or NaN"  # detectron2's trainer stops with this
 PAPER_DELTA, COCO_PAIRS = 2.9, 80000
+SPARSE_SIZE = 384  # the sparse splits' canvas side (the study's is 192)
+SPARSE_OVERRIDES = ["DATASETS.TRAIN", "('shapes_sparse_train',)", "DATASETS.TEST", "('shapes_sparse_val',)",
+                    "INPUT.MIN_SIZE_TRAIN", f"({SPARSE_SIZE},)", "INPUT.MAX_SIZE_TRAIN", str(SPARSE_SIZE),
+                    "INPUT.MIN_SIZE_TEST", str(SPARSE_SIZE), "INPUT.MAX_SIZE_TEST", str(SPARSE_SIZE)]
 VERDICT_RULE = (
     "held if Δ(100) >= +1.5 and above two paired standard errors, Δ(100) - Δ(1) >= +2, and the best FL's AP at "
     "m 100 within 1.5 of its m 1 value while the best CE drops by >= 2; not held if Δ grows by < 1 while the knob "
@@ -58,7 +67,7 @@ VERDICT_RULE = (
 )
 
 
-def setting(loss: str, alpha: str, m: int) -> Setting:
+def setting(loss: str, alpha: str, m: float) -> Setting:
     """FL gamma 2 or CE (gamma 0) with ``alpha`` at weight ``m``; named as the study names it at m 1."""
     name = f"FL g2 a{alpha.lstrip('0')}" if loss == "FL" else f"CE a{alpha}"
     overrides = ["MODEL.RETINANET.FOCAL_LOSS_ALPHA", alpha]
@@ -67,6 +76,31 @@ def setting(loss: str, alpha: str, m: int) -> Setting:
     if m != 1:
         name, overrides = f"{name} m{m}", [*overrides, "MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT", str(float(m))]
     return Setting(name, overrides, f"m {m}")
+
+
+def measured_imbalance(cfg) -> Dict[str, float]:
+    """lab.study.anchors_per_foreground on the first 50 training images, the random flips seeded, so
+    that a resumed sweep measures the same numbers (and so derives the same m*)."""
+    seed_all_rng(0)
+    return anchors_per_foreground(build_model(cfg), first_training_batches(cfg, 50))
+
+
+def matching_weight(imbalance: Dict[str, float], sparse_pairs: float) -> float:
+    """The far-negative weight m* (one decimal) at which the study's split has ``sparse_pairs``
+    negatives per positive pair: pairs(m) = pairs(1) + (m - 1) * far pairs per positive pair."""
+    extra = sparse_pairs - imbalance["negatives_per_positive_pair"]
+    return round(1 + extra / imbalance["far_pairs_per_positive_pair"], 1)
+
+
+def sparse_check_settings(weight: float, best: Dict[int, Dict[str, Setting]]) -> Dict[str, List[Setting]]:
+    """{"sparse": [FL, CE] on the sparse split, "weighted": [FL, CE] on the study's split at ``weight``}:
+    FL gamma 2 alpha .25 and CE with the best alpha (seed 1) of the grid m nearest ``weight`` on a log scale."""
+    nearest = min(WEIGHTS, key=lambda m: abs(math.log(m / weight)))
+    ce = best[nearest]["CE"].overrides
+    ce_alpha = ce[ce.index("MODEL.RETINANET.FOCAL_LOSS_ALPHA") + 1]
+    plain = [setting("FL", "0.25", 1), setting("CE", ce_alpha, 1)]
+    return {"sparse": [Setting(f"{s.name} sparse", [*s.overrides, *SPARSE_OVERRIDES], "sparse canvas") for s in plain],
+            "weighted": [setting("FL", "0.25", weight), setting("CE", ce_alpha, weight)]}
 
 
 def sweep_settings() -> Dict[int, Dict[str, List[Setting]]]:
@@ -147,14 +181,17 @@ def verdict(results: Dict[str, Dict], best: Dict[int, Dict[str, Setting]], ce_sh
             "verdict": outcome}
 
 
-def plot_sweep(results: Dict[str, Dict], settings, best, pairs_at: Dict[int, float], path: str) -> None:
-    """Δ(m) against negatives per positive pair; AP against m for every setting; the far-negative
-    loss share over training (seed 1)."""
+def plot_sweep(results: Dict[str, Dict], settings, best, pairs_at: Dict[int, float], path: str,
+               sparse: Optional[Dict] = None) -> None:
+    """Δ(m) against negatives per positive pair (and ``sparse``'s {"pairs", "delta"} of the natural
+    check, seed 1); AP against m for every setting; the far-negative loss share over training (seed 1)."""
     figure, axes = plt.subplots(1, 3, figsize=(17, 4.6))
     seeds = (SELECTION_SEED, *LATER_SEEDS, *EXTRA_SEEDS)  # those run
     deltas = {m: paired_deltas(results, best[m]["FL"], best[m]["CE"], seeds) for m in WEIGHTS}
     x, y, se = zip(*[(pairs_at[m], *mean_and_se(deltas[m])) for m in WEIGHTS if deltas[m]])
     axes[0].errorbar(x, y, yerr=[0 if math.isnan(e) else e for e in se], marker="o", capsize=3)
+    if sparse is not None:
+        axes[0].plot([sparse["pairs"]], [sparse["delta"]], "s", color="tab:purple", label="2x canvas (seed 1)")
     axes[0].axhline(0, color="gray", lw=1)
     axes[0].axhline(PAPER_DELTA, color="tab:red", ls="--", lw=1, label=f"paper (COCO): +{PAPER_DELTA}")
     axes[0].axvline(COCO_PAIRS, color="tab:green", ls=":", lw=1, label="COCO ~80,000")
@@ -184,6 +221,20 @@ def plot_sweep(results: Dict[str, Dict], settings, best, pairs_at: Dict[int, flo
     plt.close(figure)
 
 
+def sparse_check(cfg, args, imbalance: Dict[str, float], best, run) -> Dict:
+    """Phase 4 (seed 1): the sparse split's imbalance, m*, its four runs and both Δ = FL − CE."""
+    sparse_cfg = retinanet_d2.load_config(args.config_file, [*args.opts, *SPARSE_OVERRIDES])
+    pairs = measured_imbalance(sparse_cfg)["negatives_per_positive_pair"]
+    weight = matching_weight(imbalance, pairs)
+    checks = sparse_check_settings(weight, best)
+    results = run([s for group in checks.values() for s in group], [SELECTION_SEED])
+    deltas = {name: paired_deltas(results, *group, [SELECTION_SEED])[0] for name, group in checks.items()}
+    print(f"[sweep] 2x canvas: {pairs:,.0f} negatives per positive pair = the study's split at m* {weight}; "
+          + "; ".join(f"{name}: " + ", ".join(f"{s.name} {results[run_key(s, SELECTION_SEED)]['bbox/AP']:.1f}"
+                                              for s in checks[name]) + f" (Δ {deltas[name]:+.1f})" for name in checks))
+    return {"pairs": pairs, "delta": deltas["sparse"], "results": results}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--config-file", required=True)
@@ -192,13 +243,14 @@ def main(argv=None) -> int:
     parser.add_argument("--output-root", default="output/imbalance", help="one training folder per run under it")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each with cores/jobs threads")
     parser.add_argument("--pretrain-iters", type=int, default=400, help="as tools/study.py's")
-    parser.add_argument("--phase", type=int, choices=(1, 2), default=2, help="1: seed 1 only; 2: both phases")
+    parser.add_argument("--phase", type=int, choices=(1, 2), default=2,
+                        help="1: seed 1 only; 2: phases 2-4 as well (the docstring's)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run: KEY VALUE ...")
     args = parser.parse_args(argv)
     cfg = retinanet_d2.load_config(args.config_file, args.opts)
     if args.pretrain_iters > 0 and cfg.MODEL.WEIGHTS and "://" not in cfg.MODEL.WEIGHTS:
         print(f"[sweep] pretrained backbone: {ensure_pretrained_backbone(cfg, args.pretrain_iters)}")
-    imbalance = anchors_per_foreground(build_model(cfg), first_training_batches(cfg, 50))
+    imbalance = measured_imbalance(cfg)
     pairs_at = {m: imbalance["negatives_per_positive_pair"] + (m - 1) * imbalance["far_pairs_per_positive_pair"]
                 for m in WEIGHTS}
     print(f"[sweep] imbalance: {json.dumps(imbalance)}; negatives per positive pair at m "
@@ -236,8 +288,11 @@ def main(argv=None) -> int:
         for subset in (seeds, seeds[1:]):  # all seeds, and those free of the seed-1 selection
             print(f"[sweep] seeds {subset}: {json.dumps(verdict(results, best, ce_share, subset))}")
         print(f"[sweep] rule: {VERDICT_RULE}")
+    sparse = None
+    if args.phase == 2:
+        sparse = sparse_check(cfg, args, imbalance, best, run)
     figure = os.path.splitext(args.results)[0] + ".png"
-    plot_sweep(results, settings, best, pairs_at, figure)
+    plot_sweep(results if sparse is None else sparse["results"], settings, best, pairs_at, figure, sparse)
     print(f"[sweep] {len(results)} runs in {args.results}; figure {figure}")
     return 0
 

@@ -158,6 +158,12 @@ SPLITS: Dict[str, ShapesSplit] = {
                                       max_object_fraction=0.25, max_objects=4),
     "shapes_small_val": ShapesSplit("small_val", num_images=200, image_size=192, seed=6,
                                     max_object_fraction=0.25, max_objects=4),
+    # The same objects (10-48 px, up to 4) on canvases of twice the side: four times the background
+    # (the imbalance sweep's natural check of its far-negative weight).
+    "shapes_sparse_train": ShapesSplit("sparse_train", num_images=2000, image_size=384, seed=5,
+                                       max_object_fraction=0.125, max_objects=4),
+    "shapes_sparse_val": ShapesSplit("sparse_val", num_images=200, image_size=384, seed=6,
+                                     max_object_fraction=0.125, max_objects=4),
     "shapes_tiny_train": ShapesSplit("tiny_train", num_images=8, image_size=128, seed=3),
     "shapes_tiny_val": ShapesSplit("tiny_val", num_images=4, image_size=128, seed=4),
 }
