@@ -65,12 +65,23 @@ class LossSums(NamedTuple):
     far_cls: Optional[Tensor] = None
 
 
+def _config_value(cfg, key: str):
+    """The value of a dotted config key (MODEL.FOCAL_RETINANET.* from retinanet_node)."""
+    _, node_name, name = key.split(".")
+    return getattr(retinanet_node(cfg) if node_name == "FOCAL_RETINANET" else cfg.MODEL[node_name], name)
+
+
 class DenseLoss(nn.Module):
     """The loss interface FocalRetinaNet calls: a batch's dense outputs, its foreground mask and the
     box loss of each foreground anchor -> LossSums (the classification and box sums and the count
-    they are divided by). Subclasses name their arguments' config keys in CONFIG_KEYS."""
+    they are divided by). Subclasses name their arguments' config keys in CONFIG_KEYS, which is what
+    from_config reads."""
 
     CONFIG_KEYS: Dict[str, str] = {}
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        return {argument: _config_value(cfg, key) for argument, key in cls.CONFIG_KEYS.items()}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.CONFIG_KEYS)
@@ -147,14 +158,6 @@ class FocalLoss(AnchorSumLoss):
         check_focal_loss_args(alpha, gamma)
         self.alpha, self.gamma = float(alpha), float(gamma)
 
-    @classmethod
-    def from_config(cls, cfg):
-        return {
-            "alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
-            "gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
-            "far_negative_weight": retinanet_node(cfg).FAR_NEGATIVE_WEIGHT,
-        }
-
     def per_anchor(self, logits: Tensor, labels: Tensor) -> Tensor:
         targets = one_hot_targets(labels, logits.shape[-1], logits.dtype)
         return sigmoid_focal_loss(logits, targets, self.alpha, self.gamma).sum(dim=-1) * (labels >= 0)
@@ -193,12 +196,6 @@ class FocalLossStar(AnchorSumLoss):
         check_focal_loss_args(alpha, 0.0)
         check_fl_star_args(gamma, beta)
         self.alpha, self.gamma, self.beta = float(alpha), float(gamma), float(beta)
-
-    @classmethod
-    def from_config(cls, cfg):
-        node = retinanet_node(cfg)
-        return {"alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, "gamma": node.STAR_GAMMA, "beta": node.STAR_BETA,
-                "far_negative_weight": node.FAR_NEGATIVE_WEIGHT}
 
     def per_anchor(self, logits: Tensor, labels: Tensor) -> Tensor:
         targets = one_hot_targets(labels, logits.shape[-1], logits.dtype)
@@ -247,14 +244,7 @@ class OhemLoss(DenseLoss):
 
     @classmethod
     def from_config(cls, cfg):
-        node = retinanet_node(cfg)
-        return {
-            "scoring_loss": FocalLoss(alpha=cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, gamma=cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
-                                      far_negative_weight=node.FAR_NEGATIVE_WEIGHT),
-            "batch_size_per_image": node.OHEM_BATCH_SIZE_PER_IMAGE,
-            "fg_fraction": node.OHEM_FG_FRACTION,
-            "nms_thresh": node.OHEM_NMS_THRESH,
-        }
+        return {**super().from_config(cfg), "scoring_loss": FocalLoss(**FocalLoss.from_config(cfg))}
 
     @torch.jit.unused  # training only
     def forward(self, outputs: DenseOutputs, foreground: Tensor, fg_box_losses: Tensor) -> LossSums:
@@ -277,12 +267,6 @@ CLASSIFICATION_LOSSES: Dict[str, type] = {"focal": FocalLoss, "focal_star": Foca
 # The config keys each MODEL.FOCAL_RETINANET.LOSS reads (OHEM: its scoring FocalLoss's too).
 _KEYS_READ = {"focal": list(FocalLoss.CONFIG_KEYS.values()), "focal_star": list(FocalLossStar.CONFIG_KEYS.values()),
               "ohem": [*FocalLoss.CONFIG_KEYS.values(), *OhemLoss.CONFIG_KEYS.values()]}
-
-
-def _config_value(cfg, key: str):
-    """The value of a dotted config key (MODEL.FOCAL_RETINANET.* from retinanet_node)."""
-    _, node_name, name = key.split(".")
-    return getattr(retinanet_node(cfg) if node_name == "FOCAL_RETINANET" else cfg.MODEL[node_name], name)
 
 
 def build_classification_loss(cfg) -> DenseLoss:
