@@ -16,7 +16,7 @@ from helpers import CONFIGS, as_detectron2_retinanet, image_with_boxes, tiny_cfg
 from retinanet_d2.modeling.anchors import OctaveAnchorGenerator
 from retinanet_d2.modeling.backbone import P6P7TopBlock
 from retinanet_d2.modeling.dense_losses import FocalLoss, FocalLossStar, OhemLoss
-from retinanet_d2.modeling.folded_conv import FrozenBNFoldedConv2d
+from retinanet_d2.modeling.folded_conv import FrozenBNFoldedConv2d, fold_frozen_batchnorm
 from retinanet_d2.modeling.head import FocalRetinaNetHead
 from retinanet_d2.modeling.meta_arch import FocalRetinaNet
 from weights_files import randomize_norms
@@ -43,7 +43,10 @@ def test_frozen_bn_folded_into_the_convolution():
     conv = Conv2d(8, 16, 3, padding=1, bias=True, norm=FrozenBatchNorm2d(16))
     randomize_norms(conv, seed=1)
     reference = copy.deepcopy(conv)
-    conv.__class__ = FrozenBNFoldedConv2d
+    holder = torch.nn.Sequential(conv)
+    assert fold_frozen_batchnorm(holder) == 1 and type(holder[0]) is FrozenBNFoldedConv2d
+    assert holder[0].weight is conv.weight and holder[0].norm is conv.norm  # shared, not copied
+    conv = holder[0]
     x = torch.randn(2, 8, 12, 10, requires_grad=True)
     # conv + frozen BN by hand: (conv(x) - mean) / sqrt(var + eps) * gamma + beta
     bn = reference.norm

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .module_replacement import replace_modules
+
 
 class Float32GroupNorm(nn.GroupNorm):
     """nn.GroupNorm computed in float32 under autocast. Input (N, C, H, W); output float32 there."""
@@ -26,11 +28,14 @@ class Float32GroupNorm(nn.GroupNorm):
             return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)
 
 
+def _float32_copy(norm: nn.GroupNorm) -> Float32GroupNorm:
+    """A Float32GroupNorm sharing ``norm``'s parameters."""
+    built = Float32GroupNorm(norm.num_groups, norm.num_channels, norm.eps, norm.affine)
+    built.weight, built.bias = norm.weight, norm.bias
+    return built
+
+
 def keep_group_norms_in_float32(module: nn.Module) -> int:
-    """Turn every nn.GroupNorm in ``module`` into a Float32GroupNorm, in place; returns how many."""
-    count = 0
-    for child in module.modules():
-        if type(child) is nn.GroupNorm:
-            child.__class__ = Float32GroupNorm
-            count += 1
-    return count
+    """Replace every nn.GroupNorm in ``module`` by a Float32GroupNorm sharing its parameters, in place;
+    returns how many (a backbone from anywhere is covered, not only this project's modules)."""
+    return replace_modules(module, lambda m: type(m) is nn.GroupNorm, _float32_copy)

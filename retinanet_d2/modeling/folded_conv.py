@@ -11,6 +11,8 @@ from torch import Tensor, nn
 
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 
+from .module_replacement import replace_modules
+
 
 class FrozenBNFoldedConv2d(Conv2d):
     """detectron2's Conv2d whose ``norm`` is a FrozenBatchNorm2d, with the norm folded into the
@@ -31,12 +33,22 @@ class FrozenBNFoldedConv2d(Conv2d):
         return x
 
 
+def _foldable(module: nn.Module) -> bool:
+    """A detectron2 Conv2d (zero padding) followed by its FrozenBatchNorm2d."""
+    return type(module) is Conv2d and isinstance(module.norm, FrozenBatchNorm2d) and module.padding_mode == "zeros"
+
+
+def _folded_copy(conv: Conv2d) -> FrozenBNFoldedConv2d:
+    """A FrozenBNFoldedConv2d with ``conv``'s geometry, sharing its parameters, norm and activation."""
+    built = FrozenBNFoldedConv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        conv.groups, conv.bias is not None, norm=conv.norm, activation=conv.activation,
+    )
+    built.weight, built.bias = conv.weight, conv.bias
+    return built
+
+
 def fold_frozen_batchnorm(module: nn.Module) -> int:
-    """Turn every detectron2 Conv2d in ``module`` whose norm is a FrozenBatchNorm2d into a
-    FrozenBNFoldedConv2d, in place. Returns how many were turned."""
-    count = 0
-    for child in module.modules():
-        if type(child) is Conv2d and isinstance(child.norm, FrozenBatchNorm2d):
-            child.__class__ = FrozenBNFoldedConv2d
-            count += 1
-    return count
+    """Replace every detectron2 Conv2d in ``module`` whose norm is a FrozenBatchNorm2d by a
+    FrozenBNFoldedConv2d sharing its parameters, in place. Returns how many were replaced."""
+    return replace_modules(module, _foldable, _folded_copy)
