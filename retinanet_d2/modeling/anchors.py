@@ -16,7 +16,7 @@ import torch
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
+from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY, BufferList, DefaultAnchorGenerator
 
 from ..config import DEFAULTS, retinanet_node
 
@@ -94,13 +94,17 @@ class OctaveAnchorGenerator(DefaultAnchorGenerator):
             raise ValueError(
                 f"rounding must be one of {ANCHOR_ROUNDINGS}, got {rounding!r}"
             )
+        self.rounding = rounding  # before detectron2's __init__, which calls _calculate_anchors
         sizes = octave_anchor_sizes(strides, octave_base_scale, scales_per_octave)
         super().__init__(sizes=sizes, aspect_ratios=aspect_ratios, strides=strides, offset=offset)
-        if rounding:
-            ratios = aspect_ratios if isinstance(aspect_ratios[0], (list, tuple)) else [aspect_ratios]
-            ratios = ratios * len(strides) if len(ratios) == 1 else ratios
-            for cell, level_sizes, level_ratios, stride in zip(self.cell_anchors, sizes, ratios, strides):
-                cell.copy_(rounded_cell_anchors(level_sizes, level_ratios, stride, rounding))
+
+    def _calculate_anchors(self, sizes, aspect_ratios) -> BufferList:
+        """detectron2's cell anchors of each level (sizes and ratios broadcast per level), rounded as
+        ``self.rounding`` says at the level's stride (rounded_cell_anchors)."""
+        if not self.rounding:
+            return super()._calculate_anchors(sizes, aspect_ratios)
+        return BufferList([rounded_cell_anchors(level_sizes, level_ratios, stride, self.rounding)
+                           for level_sizes, level_ratios, stride in zip(sizes, aspect_ratios, self.strides)])
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
