@@ -187,3 +187,22 @@ def test_pickled_objects_that_are_not_dicts_are_refused(tmp_path):
     path = write_pickle([1, 2, 3], tmp_path / "list.pkl")
     with pytest.raises(ValueError, match=r"list\.pkl.*holds a builtins\.list object"):
         read_weights(path)
+
+
+def test_a_project_adds_its_own_weights_format(tmp_path, monkeypatch, caplog):
+    """WEIGHTS_FORMATS is the registry read_weights tries in order: a format added in front (a Lightning
+    checkpoint whose names carry "model.") is detected and converted, and the model loads its tensors."""
+    from retinanet_d2.checkpoint import formats
+
+    lightning = formats.WeightsFormat(
+        "lightning", lambda obj: isinstance(obj.get("state_dict"), dict),
+        lambda obj: {"model": {k.removeprefix("model."): v for k, v in obj["state_dict"].items()}})
+    monkeypatch.setattr(formats, "WEIGHTS_FORMATS", [lightning, *formats.WEIGHTS_FORMATS])
+    source, target = build_model(tiny_cfg()), build_model(tiny_cfg())
+    path = str(tmp_path / "epoch=3.ckpt")
+    torch.save({"state_dict": {"model." + k: v for k, v in source.state_dict().items()}, "epoch": 3}, path)
+    with caplog.at_level(logging.INFO, logger=formats.__name__):
+        RetinaNetCheckpointer(target).load(path)
+    assert f"{path}: lightning format" in caplog.text
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor), name

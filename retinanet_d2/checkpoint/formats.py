@@ -1,6 +1,6 @@
 """Reading a weights file and recognising its format from its contents, not its name.
 
-Formats (``FORMATS``, named as the logs name them):
+Formats (``WEIGHTS_FORMATS``: detect/convert objects, named as the logs name them):
 - "detectron2": a model-zoo pickle ``{"model": ..., "__author__": ...}``, a training checkpoint
   ``{"model": ..., "optimizer": ..., "iteration": ...}`` or a bare state dict with detectron2 names.
 - "detectron": a Detectron (Caffe2) RetinaNet pickle ``{"blobs": {"retnet_...": ...}}``.
@@ -13,7 +13,7 @@ import logging
 import os
 import pickle
 import zipfile
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -123,37 +123,50 @@ def _model_state(obj: Dict) -> Dict:
     return obj["model"] if isinstance(obj.get("model"), dict) else obj
 
 
-def detect_format(obj: Any) -> str:
-    """One of FORMATS for the object read from a weights file; ValueError if none fits."""
+class WeightsFormat(NamedTuple):
+    """A weights format: ``detect(obj)`` says whether the dict read from a file is in it, ``convert(obj)``
+    gives the checkpoint dict detectron2's checkpointer loads (``{"model": state dict with detectron2's
+    names, ...}``)."""
+
+    name: str
+    detect: Callable[[Dict], bool]
+    convert: Callable[[Dict], Dict[str, Any]]
+
+
+def _is_blobs(obj: Dict) -> bool:
+    return not isinstance(obj.get("model"), dict) and isinstance(obj.get("blobs"), dict)
+
+
+def _from_torchvision(obj: Dict) -> Dict[str, Any]:
+    state = _model_state(obj)
+    return {"model": convert_torchvision_retinanet(state), "__author__": f"torchvision {torchvision_version(state)}"}
+
+
+# The formats detect_format tries, in order (the first that detects wins); a project may add its own.
+WEIGHTS_FORMATS: List[WeightsFormat] = [
+    WeightsFormat("torchvision", lambda obj: is_torchvision_retinanet(_model_state(obj)), _from_torchvision),
+    WeightsFormat("detectron", lambda obj: _is_blobs(obj) and is_detectron_retinanet(obj["blobs"]),
+                  lambda obj: {"model": convert_detectron_retinanet(obj["blobs"]), "__author__": "Detectron"}),
+    WeightsFormat(  # Caffe2 blob names have no dots
+        "caffe2", lambda obj: _is_blobs(obj) or (_is_state_dict(obj) and all("." not in k for k in obj)),
+        lambda obj: {"model": without_optimizer_state(obj.get("blobs", obj)), "__author__": "Caffe2",
+                     "matching_heuristics": True}),
+    WeightsFormat("detectron2", lambda obj: isinstance(obj.get("model"), dict) or _is_state_dict(obj),
+                  lambda obj: obj if "model" in obj else {"model": obj}),
+]
+FORMATS = tuple(f.name for f in WEIGHTS_FORMATS)
+
+
+def detect_format(obj: Any) -> WeightsFormat:
+    """The first of WEIGHTS_FORMATS that detects the object read from a weights file; ValueError if none."""
     if isinstance(obj, dict):
-        if is_torchvision_retinanet(_model_state(obj)):
-            return "torchvision"
-        if isinstance(obj.get("model"), dict):
-            return "detectron2"
-        if isinstance(obj.get("blobs"), dict):
-            return "detectron" if is_detectron_retinanet(obj["blobs"]) else "caffe2"
-        if _is_state_dict(obj):
-            if all("." not in k for k in obj):  # Caffe2 blob names have no dots
-                return "caffe2"
-            return "detectron2"
+        for fmt in WEIGHTS_FORMATS:
+            if fmt.detect(obj):
+                return fmt
     raise ValueError(
         "not a weights file of a known format (detectron2 checkpoint or model-zoo pickle, "
         f"Detectron/Caffe2 pickle, torchvision RetinaNet state dict); it holds {describe(obj)}"
     )
-
-
-def to_detectron2_checkpoint(obj: Any, fmt: str) -> Dict[str, Any]:
-    """The checkpoint dict detectron2's checkpointer loads (``{"model": state dict, ...}``) for an
-    object of format ``fmt`` (see detect_format), converted to detectron2's names."""
-    if fmt == "detectron2":
-        return obj if "model" in obj else {"model": obj}
-    if fmt == "caffe2":
-        blobs = without_optimizer_state(obj.get("blobs", obj))
-        return {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
-    if fmt == "detectron":
-        return {"model": convert_detectron_retinanet(obj["blobs"]), "__author__": "Detectron"}
-    state = _model_state(obj)
-    return {"model": convert_torchvision_retinanet(state), "__author__": f"torchvision {torchvision_version(state)}"}
 
 
 def read_weights(path: str, source: str = "MODEL.WEIGHTS") -> Dict[str, Any]:
@@ -165,8 +178,8 @@ def read_weights(path: str, source: str = "MODEL.WEIGHTS") -> Dict[str, Any]:
     try:
         obj = read_file(path)
         fmt = detect_format(obj)
-        checkpoint = to_detectron2_checkpoint(obj, fmt)
+        checkpoint = fmt.convert(obj)
     except Exception as error:  # any failure to read or convert: re-raised naming the file
         raise ValueError(f"{source}={path}: {error}") from error
-    logger.info(f"{source}={path}: {fmt} format, {len(checkpoint['model'])} tensors")
+    logger.info(f"{source}={path}: {fmt.name} format, {len(checkpoint['model'])} tensors")
     return checkpoint
