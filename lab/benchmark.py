@@ -24,7 +24,7 @@ from detectron2.utils.events import EventStorage
 
 from retinanet_d2.amp import autocast_if, resolve_amp_dtype
 from retinanet_d2.config import load_config
-from retinanet_d2.reference import detectron2_retinanet_cfg
+from lab.reference import detectron2_retinanet_cfg
 from retinanet_d2.modeling.losses import focal_loss_from_labels, sigmoid_focal_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

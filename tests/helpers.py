@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import retinanet_d2
-from retinanet_d2.reference import detectron2_retinanet_cfg
+from lab.reference import detectron2_retinanet_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")

@@ -1,6 +1,6 @@
 """detectron2's own RetinaNet as the reference FocalRetinaNet is measured against (the benchmark, the
 equivalence tests): the same model from the same config, with detectron2's modules."""
-from .modeling.anchors import octave_anchor_sizes
+from retinanet_d2.modeling.anchors import octave_anchor_sizes
 
 
 def detectron2_retinanet_cfg(cfg):
