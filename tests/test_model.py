@@ -44,7 +44,9 @@ def test_frozen_bn_folded_into_the_convolution():
     randomize_norms(conv, seed=1)
     reference = copy.deepcopy(conv)
     holder = torch.nn.Sequential(conv)
+    rng = torch.get_rng_state()
     assert fold_frozen_batchnorm(holder) == 1 and type(holder[0]) is FrozenBNFoldedConv2d
+    assert torch.equal(torch.get_rng_state(), rng)  # the seeded initialisation of later modules is kept
     assert holder[0].weight is conv.weight and holder[0].norm is conv.norm  # shared, not copied
     conv = holder[0]
     x = torch.randn(2, 8, 12, 10, requires_grad=True)
