@@ -201,8 +201,13 @@ def test_a_project_adds_its_own_weights_format(tmp_path, monkeypatch, caplog):
     source, target = build_model(tiny_cfg()), build_model(tiny_cfg())
     path = str(tmp_path / "epoch=3.ckpt")
     torch.save({"state_dict": {"model." + k: v for k, v in source.state_dict().items()}, "epoch": 3}, path)
-    with caplog.at_level(logging.INFO, logger=formats.__name__):
-        RetinaNetCheckpointer(target).load(path)
+    logger = logging.getLogger(formats.__name__)  # train_net's setup (in other tests) stops propagation
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger=formats.__name__):
+            RetinaNetCheckpointer(target).load(path)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert f"{path}: lightning format" in caplog.text
     for name, tensor in source.state_dict().items():
         assert torch.equal(target.state_dict()[name], tensor), name
