@@ -32,8 +32,6 @@ from .torchvision_format import (
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("detectron2", "detectron", "caffe2", "torchvision")
-
 
 def read_file(path: str) -> Any:
     """The object stored in ``path``: a torch.save archive (zip or legacy) or a pickle, read
@@ -154,7 +152,6 @@ WEIGHTS_FORMATS: List[WeightsFormat] = [
     WeightsFormat("detectron2", lambda obj: isinstance(obj.get("model"), dict) or _is_state_dict(obj),
                   lambda obj: obj if "model" in obj else {"model": obj}),
 ]
-FORMATS = tuple(f.name for f in WEIGHTS_FORMATS)
 
 
 def detect_format(obj: Any) -> WeightsFormat:
