@@ -183,8 +183,8 @@ def verdict(results: Dict[str, Dict], best: Dict[int, Dict[str, Setting]], ce_sh
 
 def plot_sweep(results: Dict[str, Dict], settings, best, pairs_at: Dict[int, float], path: str,
                sparse: Optional[Dict] = None) -> None:
-    """Δ(m) against negatives per positive pair (and ``sparse``'s {"pairs", "delta"} of the natural
-    check, seed 1); AP against m for every setting; the far-negative loss share over training (seed 1)."""
+    """Δ(m) against negatives per positive pair (and, from ``sparse``, the natural check's Δ on the 2x
+    canvas and the weighted Δ at the matching m*, seed 1); AP against m for every setting; the far-negative loss share over training (seed 1)."""
     figure, axes = plt.subplots(1, 3, figsize=(17, 4.6))
     seeds = (SELECTION_SEED, *LATER_SEEDS, *EXTRA_SEEDS)  # those run
     deltas = {m: paired_deltas(results, best[m]["FL"], best[m]["CE"], seeds) for m in WEIGHTS}
@@ -192,6 +192,8 @@ def plot_sweep(results: Dict[str, Dict], settings, best, pairs_at: Dict[int, flo
     axes[0].errorbar(x, y, yerr=[0 if math.isnan(e) else e for e in se], marker="o", capsize=3)
     if sparse is not None:
         axes[0].plot([sparse["pairs"]], [sparse["delta"]], "s", color="tab:purple", label="2x canvas (seed 1)")
+        axes[0].plot([sparse["pairs"]], [sparse["weighted_delta"]], "^", color="tab:orange",
+                     label=f"weighted at m* {sparse['weight']} (seed 1)")
     axes[0].axhline(0, color="gray", lw=1)
     axes[0].axhline(PAPER_DELTA, color="tab:red", ls="--", lw=1, label=f"paper (COCO): +{PAPER_DELTA}")
     axes[0].axvline(COCO_PAIRS, color="tab:green", ls=":", lw=1, label="COCO ~80,000")
@@ -232,7 +234,8 @@ def sparse_check(cfg, args, imbalance: Dict[str, float], best, run) -> Dict:
     print(f"[sweep] 2x canvas: {pairs:,.0f} negatives per positive pair = the study's split at m* {weight}; "
           + "; ".join(f"{name}: " + ", ".join(f"{s.name} {results[run_key(s, SELECTION_SEED)]['bbox/AP']:.1f}"
                                               for s in checks[name]) + f" (Δ {deltas[name]:+.1f})" for name in checks))
-    return {"pairs": pairs, "delta": deltas["sparse"], "results": results}
+    return {"pairs": pairs, "weight": weight, "delta": deltas["sparse"], "weighted_delta": deltas["weighted"],
+            "results": results}
 
 
 def main(argv=None) -> int:
@@ -291,8 +294,9 @@ def main(argv=None) -> int:
     sparse = None
     if args.phase == 2:
         sparse = sparse_check(cfg, args, imbalance, best, run)
+        results = sparse["results"]
     figure = os.path.splitext(args.results)[0] + ".png"
-    plot_sweep(results if sparse is None else sparse["results"], settings, best, pairs_at, figure, sparse)
+    plot_sweep(results, settings, best, pairs_at, figure, sparse)
     print(f"[sweep] {len(results)} runs in {args.results}; figure {figure}")
     return 0
 
