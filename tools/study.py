@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, each with cores/jobs threads (2 on 2 cores: ~17%% more runs per hour)")
     parser.add_argument("--pretrain-iters", type=int, default=400,
-                        help=f"if the config's MODEL.WEIGHTS is a local file that does not exist, pretrain the "
+                        help="if the config's MODEL.WEIGHTS is a local file that does not exist, pretrain the "
                              "backbone there first, this many steps (0: never)")
     parser.add_argument("--pretrain-datasets", nargs=2, default=PRETRAIN_DATASETS, metavar=("TRAIN", "VAL"),
                         help="the datasets whose object crops the backbone learns to classify")
