@@ -1,6 +1,6 @@
 # The demo (configs/shapes_demo.yaml) as a LazyConfig: FocalRetinaNet trained from scratch on CPU on
 # the embedded shapes dataset; ResNet-18 with GroupNorm, FPN 64 channels, GN head with 2 convs, trained
-# at 224 px, tested at 256 px (the images' own size), as the yacs demo.
+# at 224 px, tested at 352 px, as the yacs demo.
 #   python train_net.py --config-file configs/lazy/shapes_demo.py
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
@@ -47,7 +47,7 @@ dataloader.train = L(build_detection_train_loader)(
 dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="shapes_val", filter_empty=False),
     mapper=L(FileNamingDatasetMapper)(
-        is_train=False, augmentations=[L(T.ResizeShortestEdge)(short_edge_length=256, max_size=256)], image_format="BGR"
+        is_train=False, augmentations=[L(T.ResizeShortestEdge)(short_edge_length=352, max_size=352)], image_format="BGR"
     ),
     num_workers=2,
 )
