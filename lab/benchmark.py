@@ -6,6 +6,7 @@ timings are synchronised. Peak training memory is measured in a fresh subprocess
 RSS growth over the step; CUDA: ``max_memory_allocated``).
 """
 import contextlib
+import copy
 import io
 import json
 import os
@@ -47,6 +48,13 @@ def build_pair(device: str):
     ref = build_model(ref_cfg)
     ref.load_state_dict(ours.state_dict())
     return ours, ref
+
+
+def channels_last_copy(model):
+    """A copy of FocalRetinaNet ``model`` as MODEL.FOCAL_RETINANET.CHANNELS_LAST builds it (NHWC weights)."""
+    copied = copy.deepcopy(model)
+    copied.channels_last = True
+    return copied.to(memory_format=torch.channels_last)
 
 
 def training_batch(device: str, num_images=2, height=512, width=640, boxes_per_image=10, num_classes=80):
@@ -302,11 +310,13 @@ def peak_training_memory(which: str, device: str) -> float:
     return float(output.stdout.strip().splitlines()[-1])
 
 
+def row(name: str, ours_s: float, ref_s: float) -> List[str]:
+    """A table row: what, our seconds and detectron2's (as ms), ours / detectron2."""
+    return [name, f"{ours_s * 1000:.1f} ms", f"{ref_s * 1000:.1f} ms", f"{ours_s / ref_s:.2f}"]
+
+
 def run(device: str, repeats: int) -> Iterator[List[str]]:
     """Rows (what, ours, detectron2, ratio) of the benchmark table, as they are measured."""
-
-    def row(name, ours_s, ref_s):
-        return [name, f"{ours_s * 1000:.1f} ms", f"{ref_s * 1000:.1f} ms", f"{ours_s / ref_s:.2f}"]
 
     ours, ref = build_pair(device)
     ours.to(device), ref.to(device)
@@ -369,6 +379,47 @@ def run(device: str, repeats: int) -> Iterator[List[str]]:
     memory_ref = peak_training_memory("detectron2", device)
     yield ["peak training memory (one step)", f"{memory_ours:.0f} MiB", f"{memory_ref:.0f} MiB",
            f"{memory_ours / memory_ref:.2f}"]
+
+
+def largest_batch(step_at: Callable[[int], object], images: int) -> int:
+    """The largest of ``images``, images // 2, ..., 1 for which ``step_at(n)`` runs without running out
+    of GPU memory (torch.cuda.OutOfMemoryError); 1 image's error is raised."""
+    while True:
+        try:
+            step_at(images)
+            return images
+        except torch.cuda.OutOfMemoryError:
+            if images == 1:
+                raise
+            images //= 2
+            torch.cuda.empty_cache()
+
+
+def paper_step(device: str, repeats: int, images: int = 16, height: int = 800,
+               width: int = 1088) -> Iterator[List[str]]:
+    """Rows (what, ours, detectron2, ratio) of the paper's R50-FPN 1x training step: ``images`` random
+    images of ``height`` x ``width`` (800 px short side, padded to 32) in one step, or the largest
+    halving of that which fits in memory; float32, then under each AMP dtype of the device (CUDA:
+    float16, bfloat16; CPU: bfloat16); FocalRetinaNet in the default layout and with CHANNELS_LAST
+    against detectron2's RetinaNet, interleaved, medians of ``repeats``."""
+    ours, ref = build_pair(device)
+    models = {"ours": ours, "ours channels_last": channels_last_copy(ours), "ref": ref}
+
+    def step_at(n):
+        batch = training_batch(device, n, height, width)
+        for model in models.values():
+            train_step(model, batch)
+
+    fits = largest_batch(step_at, images)
+    batch = training_batch(device, fits, height, width)
+    for dtype in [None] + ([torch.float16, torch.bfloat16] if device.startswith("cuda") else [torch.bfloat16]):
+        seconds = interleaved_medians(
+            {name: (lambda m: lambda: train_step(m, batch, device, dtype))(model) for name, model in models.items()},
+            device, repeats,
+        )
+        precision = "float32" if dtype is None else str(dtype).replace("torch.", "") + " autocast"
+        yield row(f"R50-FPN step, {fits} x {height}x{width}, {precision}", seconds["ours"], seconds["ref"])
+        yield row("  FocalRetinaNet with CHANNELS_LAST", seconds["ours channels_last"], seconds["ref"])
 
 
 HEADER = ["", "FocalRetinaNet", "detectron2 RetinaNet", "ours/d2"]

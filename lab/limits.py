@@ -7,7 +7,6 @@ and every probe once, and the path's fraction of the limit is the median over re
 (path FLOP/s) / (best probe FLOP/s of that repeat). FLOPs are counted by torch.utils.flop_counter
 (2 per multiply-add; a training step's count includes the backward pass), never estimated by hand.
 """
-import copy
 import statistics
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -99,7 +98,7 @@ def limit_table(device: str, repeats: int, dtypes: Sequence[torch.dtype], channe
     512x640) and inference (one 800x1088 image) of FocalRetinaNet and detectron2's RetinaNet in each
     of ``dtypes`` (float32 plain; others under autocast), plus FocalRetinaNet with model and inputs in
     channels_last when ``channels_last``, and each dtype's limit row."""
-    from lab.benchmark import build_pair, inference, set_score_level, train_step, training_batch
+    from lab.benchmark import build_pair, channels_last_copy, inference, set_score_level, train_step, training_batch
 
     ours, ref = build_pair(device)
     set_score_level(ours, -6.0)  # typical scores: a few candidates above the test threshold
@@ -108,10 +107,7 @@ def limit_table(device: str, repeats: int, dtypes: Sequence[torch.dtype], channe
     image = [{"image": torch.rand(3, 800, 1088, generator=torch.Generator().manual_seed(1)).to(device) * 255}]
     models = {"FocalRetinaNet": ours, "detectron2 RetinaNet": ref}
     if channels_last:
-        ours_cl = copy.deepcopy(ours)  # what MODEL.FOCAL_RETINANET.CHANNELS_LAST builds
-        ours_cl.channels_last = True
-        ours_cl.to(memory_format=torch.channels_last)
-        models["FocalRetinaNet channels_last"] = ours_cl
+        models["FocalRetinaNet channels_last"] = channels_last_copy(ours)
     rows = []
     for dtype in dtypes:
         autocast = None if dtype == torch.float32 else dtype
@@ -169,15 +165,13 @@ def layout_ratios(config: str, device: str, repeats: int, size: int) -> List[Lis
     in float32 and under bfloat16/float16 autocast; times interleaved, medians of ``repeats``."""
     from detectron2.modeling import build_model
 
-    from lab.benchmark import inference, interleaved_medians, train_step, training_batch
+    from lab.benchmark import channels_last_copy, inference, interleaved_medians, train_step, training_batch
     from retinanet_d2 import load_config
 
     cfg = load_config(config, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device])
     torch.manual_seed(0)
     default = build_model(cfg)
-    channels_last = copy.deepcopy(default)  # what MODEL.FOCAL_RETINANET.CHANNELS_LAST builds
-    channels_last.channels_last = True
-    channels_last.to(memory_format=torch.channels_last)
+    channels_last = channels_last_copy(default)
     batch = training_batch(device, cfg.SOLVER.IMS_PER_BATCH, size, size, num_classes=cfg.MODEL.RETINANET.NUM_CLASSES)
     images = [{"image": batch[0]["image"]}]
     rows = []

@@ -4,10 +4,13 @@
     python tools/benchmark.py [--device cpu|cuda] [--repeats 5] [--json results.json]
     python tools/benchmark.py --limits [--profile]   # fractions of the machine's convolution limit
     python tools/benchmark.py --layouts configs/shapes_demo.yaml --size 224   # channels_last vs default
+    python tools/benchmark.py --paper-step [--images 16]   # the paper's 1x step, 800x1088 images (a GPU's)
 
 --limits: each path's counted FLOPs, its throughput and its fraction of the best convolution
 throughput this machine reaches in that dtype (lab/limits.py), measured interleaved in the same run;
 --profile: torch.profiler's per-operator table of one training step and one inference.
+--paper-step: the R50-FPN 1x training step of the paper's batch on one device (16 images of 800x1088,
+or the largest halving that fits in its memory), float32 and under autocast, against detectron2's.
 """
 import argparse
 import os
@@ -16,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-from lab.benchmark import dump, format_row, run, table_header  # noqa: E402
+from lab.benchmark import dump, format_row, paper_step, run, table_header  # noqa: E402
 from lab.limits import layout_ratios, limit_table, profile_table  # noqa: E402
 
 LIMIT_HEADER = ["path", "GFLOP per call", "GFLOP/s", "% of limit"]
@@ -40,6 +43,8 @@ def main():
     parser.add_argument("--profile", action="store_true", help="also print the per-operator profiles")
     parser.add_argument("--layouts", metavar="CONFIG", help="time CONFIG's model in both memory layouts instead")
     parser.add_argument("--size", type=int, default=224, help="--layouts: square image side in px")
+    parser.add_argument("--paper-step", action="store_true", help="the paper's 1x training step instead")
+    parser.add_argument("--images", type=int, default=16, help="--paper-step: images per step (at most)")
     args = parser.parse_args()
     print(f"device: {args.device} ({cpu_name() if args.device == 'cpu' else torch.cuda.get_device_name()}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, medians of {args.repeats}")
@@ -64,7 +69,8 @@ def main():
         return
     print(table_header(), flush=True)
     rows = []
-    for row in run(args.device, args.repeats):
+    measured = paper_step(args.device, args.repeats, args.images) if args.paper_step else run(args.device, args.repeats)
+    for row in measured:
         print(format_row(row), flush=True)
         rows.append(row)
     if args.json:
