@@ -23,7 +23,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from retinanet_d2.amp import autocast_if, resolve_amp_dtype
+from retinanet_d2.amp import autocast_if, cpu_has_units_for, resolve_amp_dtype
 from retinanet_d2.config import load_config
 from lab.reference import detectron2_retinanet_cfg
 from retinanet_d2.modeling.losses import focal_loss_from_labels, sigmoid_focal_loss
@@ -96,6 +96,14 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], device: str, repea
         for name, fn in fns.items():
             times[name].append(time_call(fn, device))
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def autocast_dtypes(device: str) -> List[torch.dtype]:
+    """The autocast dtypes worth timing on ``device``: float16 and bfloat16 on CUDA, bfloat16 on a CPU
+    with bfloat16 units, none on another CPU (emulated there: 10-200x slower than float32, amp.py)."""
+    if device.startswith("cuda"):
+        return [torch.float16, torch.bfloat16]
+    return [torch.bfloat16] if cpu_has_units_for(torch.bfloat16) else []
 
 
 def _autocast(device: str, dtype):
@@ -321,20 +329,18 @@ def run(device: str, repeats: int) -> Iterator[List[str]]:
     ours, ref = build_pair(device)
     ours.to(device), ref.to(device)
     amp = resolve_amp_dtype("", torch.device(device).type)
+    amp = amp if amp in autocast_dtypes(device) else None  # no AMP rows where it is emulated
     amp_name = str(amp).replace("torch.", "")
     batch = training_batch(device)
-    step = interleaved_medians(
-        {
-            "ours": lambda: train_step(ours, batch),
-            "ref": lambda: train_step(ref, batch),
-            "ours amp": lambda: train_step(ours, batch, device, amp),
-            "ref amp": lambda: train_step(ref, batch, device, amp),
-        },
-        device, repeats,
-    )
+    step_fns = {"ours": lambda: train_step(ours, batch), "ref": lambda: train_step(ref, batch)}
+    if amp:
+        step_fns.update({"ours amp": lambda: train_step(ours, batch, device, amp),
+                         "ref amp": lambda: train_step(ref, batch, device, amp)})
+    step = interleaved_medians(step_fns, device, repeats)
     yield row("training step, 2 x 512x640 (fwd+bwd)", step["ours"], step["ref"])
-    yield row(f"  ours under AMP ({amp_name}) vs d2 float32", step["ours amp"], step["ref"])
-    yield row(f"  both under AMP ({amp_name})", step["ours amp"], step["ref amp"])
+    if amp:
+        yield row(f"  ours under AMP ({amp_name}) vs d2 float32", step["ours amp"], step["ref"])
+        yield row(f"  both under AMP ({amp_name})", step["ours amp"], step["ref amp"])
 
     breakdown_ours = interleaved_medians(component_fns(ours, True, batch, device), device, repeats)
     breakdown_ref = interleaved_medians(component_fns(ref, False, batch, device), device, repeats)
@@ -352,18 +358,15 @@ def run(device: str, repeats: int) -> Iterator[List[str]]:
     for label, bias in (("typical", -6.0), ("worst case", 10.0)):
         set_score_level(ours, bias)
         ref.load_state_dict(ours.state_dict())
-        latency = interleaved_medians(
-            {
-                "ours": lambda: inference(ours, image),
-                "ref": lambda: inference(ref, image),
-                "ours amp": lambda: inference(ours, image, device, amp),
-                "ref amp": lambda: inference(ref, image, device, amp),
-            },
-            device, repeats,
-        )
+        latency_fns = {"ours": lambda: inference(ours, image), "ref": lambda: inference(ref, image)}
+        if amp:
+            latency_fns.update({"ours amp": lambda: inference(ours, image, device, amp),
+                                "ref amp": lambda: inference(ref, image, device, amp)})
+        latency = interleaved_medians(latency_fns, device, repeats)
         yield row(f"inference 800x1088, {label}", latency["ours"], latency["ref"])
-        yield row(f"  ours under AMP ({amp_name}) vs d2 float32", latency["ours amp"], latency["ref"])
-        yield row(f"  both under AMP ({amp_name})", latency["ours amp"], latency["ref amp"])
+        if amp:
+            yield row(f"  ours under AMP ({amp_name}) vs d2 float32", latency["ours amp"], latency["ref"])
+            yield row(f"  both under AMP ({amp_name})", latency["ours amp"], latency["ref amp"])
 
     micro = focal_loss_micro(device, repeats)
     for name in ("ours (targets)", "ours (labels)"):
@@ -399,9 +402,11 @@ def paper_step(device: str, repeats: int, images: int = 16, height: int = 800,
                width: int = 1088) -> Iterator[List[str]]:
     """Rows (what, ours, detectron2, ratio) of the paper's R50-FPN 1x training step: ``images`` random
     images of ``height`` x ``width`` (800 px short side, padded to 32) in one step, or the largest
-    halving of that which fits in memory; float32, then under each AMP dtype of the device (CUDA:
-    float16, bfloat16; CPU: bfloat16); FocalRetinaNet in the default layout and with CHANNELS_LAST
+    halving of that which fits in memory; float32, then under each of autocast_dtypes(device);
+    FocalRetinaNet in the default layout and with CHANNELS_LAST
     against detectron2's RetinaNet, interleaved, medians of ``repeats``."""
+    if images < 1:
+        raise ValueError(f"images (--images) must be >= 1, got {images}")
     ours, ref = build_pair(device)
     models = {"ours": ours, "ours channels_last": channels_last_copy(ours), "ref": ref}
 
@@ -412,7 +417,7 @@ def paper_step(device: str, repeats: int, images: int = 16, height: int = 800,
 
     fits = largest_batch(step_at, images)
     batch = training_batch(device, fits, height, width)
-    for dtype in [None] + ([torch.float16, torch.bfloat16] if device.startswith("cuda") else [torch.bfloat16]):
+    for dtype in [None] + autocast_dtypes(device):
         seconds = interleaved_medians(
             {name: (lambda m: lambda: train_step(m, batch, device, dtype))(model) for name, model in models.items()},
             device, repeats,

@@ -96,8 +96,8 @@ def fractions_of_limit(paths: Dict[str, Tuple[Callable[[], object], int]], dtype
 def limit_table(device: str, repeats: int, dtypes: Sequence[torch.dtype], channels_last: bool = True) -> List[List[str]]:
     """Rows (path, GFLOP per call, GFLOP/s, % of the dtype's limit) for the training step (2 images of
     512x640) and inference (one 800x1088 image) of FocalRetinaNet and detectron2's RetinaNet in each
-    of ``dtypes`` (float32 plain; others under autocast), plus FocalRetinaNet with model and inputs in
-    channels_last when ``channels_last``, and each dtype's limit row."""
+    of ``dtypes`` (float32 plain; others under autocast), plus FocalRetinaNet with its weights in
+    channels_last (CHANNELS_LAST) when ``channels_last``, and each dtype's limit row."""
     from lab.benchmark import build_pair, channels_last_copy, inference, set_score_level, train_step, training_batch
 
     ours, ref = build_pair(device)
@@ -162,10 +162,11 @@ def profile_table(device: str, dtype: torch.dtype, rows: int = 15) -> str:
 def layout_ratios(config: str, device: str, repeats: int, size: int) -> List[List[str]]:
     """Rows (dtype, path, default ms, channels_last ms, ratio) for ``config``'s model (no weights file)
     on SOLVER.IMS_PER_BATCH random images of ``size`` x ``size`` px (training step) and one (inference),
-    in float32 and under bfloat16/float16 autocast; times interleaved, medians of ``repeats``."""
+    in float32 and under each of autocast_dtypes(device); times interleaved, medians of ``repeats``."""
     from detectron2.modeling import build_model
 
-    from lab.benchmark import channels_last_copy, inference, interleaved_medians, train_step, training_batch
+    from lab.benchmark import (autocast_dtypes, channels_last_copy, inference, interleaved_medians, train_step,
+                               training_batch)
     from retinanet_d2 import load_config
 
     cfg = load_config(config, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device])
@@ -175,7 +176,7 @@ def layout_ratios(config: str, device: str, repeats: int, size: int) -> List[Lis
     batch = training_batch(device, cfg.SOLVER.IMS_PER_BATCH, size, size, num_classes=cfg.MODEL.RETINANET.NUM_CLASSES)
     images = [{"image": batch[0]["image"]}]
     rows = []
-    for dtype in (None, torch.bfloat16 if device == "cpu" else torch.float16):
+    for dtype in [None] + autocast_dtypes(device):
         times = interleaved_medians({
             "step default": lambda: train_step(default, batch, device, dtype),
             "step channels_last": lambda: train_step(channels_last, batch, device, dtype),

@@ -26,7 +26,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 
-from .amp import MixedPrecisionTrainer, autocast_if
+from .amp import MixedPrecisionTrainer, autocast_if, warn_if_emulated
 from .checkpoint import RetinaNetCheckpointer
 from .checkpoint.best import ResumableBestCheckpointer
 from .compat import create_ddp_model
@@ -70,6 +70,8 @@ class Trainer(DefaultTrainer):
         records = self.checked_training_records(cfg)
         self.train_loader = LoaderFromStart(lambda start: self.train_loader_from(cfg, records, start))
         model = create_ddp_model(model, **self.run.ddp)
+        if self.run.train_amp or self.run.test_amp:
+            warn_if_emulated(self.run.device, self.run.amp_dtype)
         if self.run.train_amp:
             self._trainer = MixedPrecisionTrainer(model, self.train_loader, optimizer,
                                                   device_type=self.run.device, dtype=self.run.amp_dtype)
@@ -242,4 +244,6 @@ def evaluate(cfg, *, resume: bool, allow_random_weights: bool = False):
                                          require_complete=not allow_random_weights)
     require_weights(checkpointer, run.weights, run.weights_key, resume=resume, allow_random_weights=allow_random_weights)
     checkpointer.resume_or_load(run.weights, resume=resume)
+    if run.test_amp:
+        warn_if_emulated(run.device, run.amp_dtype)
     return Trainer.test(cfg, model)

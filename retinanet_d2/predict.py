@@ -21,9 +21,10 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-from .amp import inference_autocast
+from .amp import amp_dtype, device_type, inference_autocast, warn_if_emulated
 from .atomic import atomic_open, atomic_path
 from .checkpoint import load_model_weights
+from .config import retinanet_node
 from .visualize import draw_detections
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class Predictor(DefaultPredictor):
         load_model_weights(self.model, cfg.MODEL.WEIGHTS, require_complete=not allow_random_weights)
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
+        if retinanet_node(cfg).TEST_AMP:
+            warn_if_emulated(device_type(cfg), amp_dtype(cfg))
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Instances]:
         with inference_autocast(self.cfg):

@@ -1,6 +1,7 @@
 """Mixed precision: losses exact in float32 under autocast, no subnormal gradients, AMP training on CPU
 (bfloat16) through train_net's Trainer, checkpoints that cross between AMP and float32, and float32
 detections from reduced-precision inference."""
+import logging
 import re
 
 import pytest
@@ -13,8 +14,9 @@ from detectron2.utils.events import EventStorage
 
 from helpers import INSTANT, image_with_boxes, run_train_net, tiny_cfg, well_scaled_model
 import retinanet_d2
-from retinanet_d2.amp import MixedPrecisionTrainer, amp_dtype, inference_autocast
-from retinanet_d2.engine import Trainer
+from retinanet_d2.amp import (MixedPrecisionTrainer, amp_dtype, cpu_has_units_for, emulated_autocast,
+                              inference_autocast)
+from retinanet_d2.engine import Trainer, evaluate
 from retinanet_d2.modeling.losses import focal_loss_from_labels, sigmoid_focal_loss, sigmoid_focal_loss_star
 
 DEVICES = [("cpu", torch.bfloat16)] + [("cuda", torch.float16), ("cuda", torch.bfloat16)] * torch.cuda.is_available()
@@ -227,11 +229,66 @@ def test_group_norms_run_in_float32_under_autocast():
     assert torch.equal(norm(x), nn.GroupNorm.forward(norm, x))
 
 
-def test_bfloat16_cpu_detection_reads_the_flags(tmp_path):
-    from retinanet_d2.amp import cpu_has_bfloat16_units
-
-    with_units, without = tmp_path / "a", tmp_path / "b"
+def cpuinfo_files(tmp_path):
+    """(/proc/cpuinfo with bfloat16 units, one with AVX2 only) as files."""
+    with_units, without = tmp_path / "with_units", tmp_path / "avx2_only"
     with_units.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
-    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
-    assert cpu_has_bfloat16_units(str(with_units)) and not cpu_has_bfloat16_units(str(without))
-    assert not cpu_has_bfloat16_units(str(tmp_path / "missing"))
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    return str(with_units), str(without)
+
+
+def test_cpu_unit_detection_reads_the_flags(tmp_path):
+    with_units, without = cpuinfo_files(tmp_path)
+    assert cpu_has_units_for(torch.bfloat16, with_units) and not cpu_has_units_for(torch.bfloat16, without)
+    assert not cpu_has_units_for(torch.float16, with_units)  # avx512_bf16 is no float16 unit
+    assert not cpu_has_units_for(torch.bfloat16, str(tmp_path / "missing"))
+
+
+def test_emulated_autocast_names_the_missing_flags_and_the_keys_that_turn_it_off(tmp_path):
+    with_units, without = cpuinfo_files(tmp_path)
+    message = emulated_autocast("cpu", torch.bfloat16, without)
+    assert message.startswith(f"bfloat16 autocast on this CPU is emulated: {without} lists none of amx_bf16, avx512_bf16")
+    assert message.endswith("Turn mixed precision off: SOLVER.AMP.ENABLED False MODEL.FOCAL_RETINANET.TEST_AMP False "
+                            "(LazyConfig: train.amp.enabled=False train.amp.test=False)")
+    assert f"{with_units} lists none of avx512_fp16, amx_fp16" in emulated_autocast("cpu", torch.float16, with_units)
+    assert emulated_autocast("cpu", torch.bfloat16, with_units) is None
+    assert emulated_autocast("cuda", torch.bfloat16, without) is None
+
+
+def test_trainer_evaluation_and_predictor_warn_when_autocast_is_emulated(tmp_path, monkeypatch):
+    import retinanet_d2.amp
+    from retinanet_d2.predict import Predictor
+
+    with_units, without = cpuinfo_files(tmp_path)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("retinanet_d2.amp")
+    logger.addHandler(handler)
+
+    def warnings_when(cpuinfo, build):
+        monkeypatch.setattr(retinanet_d2.amp, "CPUINFO", cpuinfo)
+        messages.clear()
+        build()
+        return [m for m in messages if "autocast on this CPU is emulated" in m]
+
+    def trainer(amp, test_amp):
+        cfg = retinanet_d2.load_config(INSTANT, ["SOLVER.AMP.ENABLED", str(amp), "MODEL.FOCAL_RETINANET.TEST_AMP",
+                                                 str(test_amp), "OUTPUT_DIR", str(tmp_path / "run")])
+        return lambda: Trainer(cfg)
+
+    predictor = lambda: Predictor(tiny_cfg(**{"MODEL.FOCAL_RETINANET.TEST_AMP": True}), allow_random_weights=True)
+    try:
+        assert len(warnings_when(without, trainer(True, False))) == 1
+        assert len(warnings_when(without, trainer(False, True))) == 1
+        assert warnings_when(without, trainer(False, False)) == []
+        assert warnings_when(with_units, trainer(True, True)) == []
+        assert len(warnings_when(without, predictor)) == 1
+        assert warnings_when(with_units, predictor) == []
+        weights = str(tmp_path / "run" / "weights.pth")
+        torch.save({"model": Trainer.build_model(tiny_cfg()).state_dict()}, weights)
+        evaluation = lambda: evaluate(tiny_cfg(**{"MODEL.FOCAL_RETINANET.TEST_AMP": True, "MODEL.WEIGHTS": weights,
+                                                  "DATASETS.TEST": ()}), resume=False)
+        assert len(warnings_when(without, evaluation)) == 1
+    finally:
+        logger.removeHandler(handler)

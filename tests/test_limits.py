@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import lab.limits as limits
-from lab.benchmark import largest_batch
+from lab.benchmark import largest_batch, paper_step
 
 
 def test_counted_flops_is_two_per_multiply_add_of_a_convolution():
@@ -75,3 +75,23 @@ def test_largest_batch_raises_when_one_image_does_not_fit():
     with pytest.raises(torch.cuda.OutOfMemoryError, match="1 images"):
         largest_batch(step_at, 6)
     assert tried == [6, 3, 1]
+
+
+def test_paper_step_refuses_a_batch_of_no_images():
+    with pytest.raises(ValueError, match=r"images \(--images\) must be >= 1, got 0"):
+        next(paper_step("cpu", repeats=1, images=0))
+
+
+def test_autocast_dtypes_leave_out_an_emulated_cpu_dtype(tmp_path, monkeypatch):
+    import retinanet_d2.amp
+    from lab.benchmark import autocast_dtypes
+
+    with_units, avx2_only = tmp_path / "with_units", tmp_path / "avx2_only"
+    with_units.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
+    avx2_only.write_text("flags\t\t: fpu avx2\n")
+    monkeypatch.setattr(retinanet_d2.amp, "CPUINFO", str(with_units))
+    assert autocast_dtypes("cpu") == [torch.bfloat16]
+    assert autocast_dtypes("cuda:0") == [torch.float16, torch.bfloat16]
+    monkeypatch.setattr(retinanet_d2.amp, "CPUINFO", str(avx2_only))
+    assert autocast_dtypes("cpu") == []
+    assert autocast_dtypes("cuda") == [torch.float16, torch.bfloat16]

@@ -19,7 +19,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-from lab.benchmark import dump, format_row, paper_step, run, table_header  # noqa: E402
+from lab.benchmark import autocast_dtypes, dump, format_row, paper_step, run, table_header  # noqa: E402
+from retinanet_d2.amp import emulated_autocast  # noqa: E402
 from lab.limits import layout_ratios, limit_table, profile_table  # noqa: E402
 
 LIMIT_HEADER = ["path", "GFLOP per call", "GFLOP/s", "% of limit"]
@@ -48,6 +49,9 @@ def main():
     args = parser.parse_args()
     print(f"device: {args.device} ({cpu_name() if args.device == 'cpu' else torch.cuda.get_device_name()}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, medians of {args.repeats}")
+    skipped = emulated_autocast(torch.device(args.device).type, torch.bfloat16)
+    if skipped:
+        print(f"no autocast rows: {skipped}")
     if args.layouts:
         print(f"{args.layouts}: SOLVER.IMS_PER_BATCH images of {args.size} px (step), one (inference)")
         print("| dtype | path | default ms | channels_last ms | ratio |\n|---|---|---|---|---|")
@@ -55,7 +59,7 @@ def main():
             print("| " + " | ".join(row) + " |", flush=True)
         return
     if args.limits or args.profile:
-        dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if args.device.startswith("cuda") else [])
+        dtypes = [torch.float32] + autocast_dtypes(args.device)
         if args.limits:
             rows = limit_table(args.device, args.repeats, dtypes)
             print("| " + " | ".join(LIMIT_HEADER) + " |\n|" + "---|" * len(LIMIT_HEADER))

@@ -12,13 +12,14 @@ import os
 import sys
 
 import cv2
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_net  # noqa: E402  (the repository's train_net.py)
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 import retinanet_d2  # noqa: E402
-from retinanet_d2.amp import cpu_has_bfloat16_units  # noqa: E402
+from retinanet_d2.amp import cpu_has_units_for  # noqa: E402
 from retinanet_d2.atomic import atomic_path  # noqa: E402
 from retinanet_d2.predict import Predictor  # noqa: E402
 from retinanet_d2.visualize import draw_detections, tile  # noqa: E402
@@ -37,7 +38,7 @@ def main():
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args()
 
-    amp = args.amp == "on" or (args.amp == "auto" and cpu_has_bfloat16_units())
+    amp = args.amp == "on" or (args.amp == "auto" and cpu_has_units_for(torch.bfloat16))
     amp_opts = ["SOLVER.AMP.ENABLED", str(amp), "MODEL.FOCAL_RETINANET.TEST_AMP", str(amp)]
     print(f"[demo] mixed precision (bfloat16): {'on' if amp else 'off'} (--amp {args.amp})")
     start_over = ["--start-over"] if args.start_over else []
