@@ -52,11 +52,13 @@ def test_channels_last_computes_what_the_default_layout_computes(norm, dtype):
         scale = max(gradient.abs().max() for gradient in gradients.values())  # GN's conv biases get ~0
         for name, gradient in gradients.items():
             torch.testing.assert_close(cl_gradients[name] / scale, gradient / scale, rtol=0, atol=1e-4, msg=name)
-    else:  # bfloat16 rounds differently per layout: channels_last is as close to float32 as the default
+    else:  # bfloat16 rounds differently per layout: channels_last is as close to float32 as the default,
+        # up to one bfloat16 rounding of the loss (unit roundoff 2^-8; on an AVX2 CPU, where bfloat16 is
+        # emulated, the default's loss_cls was 0.0085 off and channels_last's 0.0288 of 10.7: 2.7e-3)
         exact, exact_gradients = _losses_and_gradients(default, batch, None)
         for name in losses:
             error, cl_error = abs(float(losses[name] - exact[name])), abs(float(cl_losses[name] - exact[name]))
-            assert cl_error <= 2 * error + 1e-3 * abs(float(exact[name])), name
+            assert cl_error <= 2 * error + 2 ** -8 * abs(float(exact[name])), name
         error, cl_error = (_relative_error(g, exact_gradients) for g in (gradients, cl_gradients))
         assert cl_error <= 1.5 * error + 1e-3, (cl_error, error)
 
