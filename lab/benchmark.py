@@ -403,8 +403,8 @@ def paper_step(device: str, repeats: int, images: int = 16, height: int = 800,
     """Rows (what, ours, detectron2, ratio) of the paper's R50-FPN 1x training step: ``images`` random
     images of ``height`` x ``width`` (800 px short side, padded to 32) in one step, or the largest
     halving of that which fits in memory; float32, then under each of autocast_dtypes(device);
-    FocalRetinaNet in the default layout and with CHANNELS_LAST
-    against detectron2's RetinaNet, interleaved, medians of ``repeats``."""
+    FocalRetinaNet in the default layout and with CHANNELS_LAST against detectron2's RetinaNet,
+    interleaved, medians of ``repeats``."""
     if images < 1:
         raise ValueError(f"images (--images) must be >= 1, got {images}")
     ours, ref = build_pair(device)
