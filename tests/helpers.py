@@ -87,3 +87,11 @@ def image_with_boxes(height=160, width=224, seed=0):
     instances.gt_boxes.clip((height, width))
     instances.gt_classes = torch.tensor([0, 2, 4])
     return {"image": image, "instances": instances, "height": height, "width": width}
+
+
+def cpuinfo_files(folder):
+    """Paths of two /proc/cpuinfo stand-ins in ``folder``: (a CPU with bfloat16 units, one with AVX2 only)."""
+    with_units, without = folder / "with_units", folder / "avx2_only"
+    with_units.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    return str(with_units), str(without)

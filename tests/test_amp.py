@@ -12,7 +12,7 @@ from detectron2.engine import HookBase, TrainerBase
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from helpers import INSTANT, image_with_boxes, run_train_net, tiny_cfg, well_scaled_model
+from helpers import INSTANT, cpuinfo_files, image_with_boxes, run_train_net, tiny_cfg, well_scaled_model
 import retinanet_d2
 from retinanet_d2.amp import (MixedPrecisionTrainer, amp_dtype, cpu_has_units_for, emulated_autocast,
                               inference_autocast)
@@ -227,14 +227,6 @@ def test_group_norms_run_in_float32_under_autocast():
     assert y.dtype == torch.float32
     assert torch.equal(y, F.group_norm(x.bfloat16().float(), norm.num_groups, norm.weight, norm.bias, norm.eps))
     assert torch.equal(norm(x), nn.GroupNorm.forward(norm, x))
-
-
-def cpuinfo_files(tmp_path):
-    """(/proc/cpuinfo with bfloat16 units, one with AVX2 only) as files."""
-    with_units, without = tmp_path / "with_units", tmp_path / "avx2_only"
-    with_units.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
-    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
-    return str(with_units), str(without)
 
 
 def test_cpu_unit_detection_reads_the_flags(tmp_path):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import lab.limits as limits
+from helpers import cpuinfo_files
 from lab.benchmark import largest_batch, paper_step
 
 
@@ -86,12 +87,10 @@ def test_autocast_dtypes_leave_out_an_emulated_cpu_dtype(tmp_path, monkeypatch):
     import retinanet_d2.amp
     from lab.benchmark import autocast_dtypes
 
-    with_units, avx2_only = tmp_path / "with_units", tmp_path / "avx2_only"
-    with_units.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
-    avx2_only.write_text("flags\t\t: fpu avx2\n")
-    monkeypatch.setattr(retinanet_d2.amp, "CPUINFO", str(with_units))
+    with_units, avx2_only = cpuinfo_files(tmp_path)
+    monkeypatch.setattr(retinanet_d2.amp, "CPUINFO", with_units)
     assert autocast_dtypes("cpu") == [torch.bfloat16]
     assert autocast_dtypes("cuda:0") == [torch.float16, torch.bfloat16]
-    monkeypatch.setattr(retinanet_d2.amp, "CPUINFO", str(avx2_only))
+    monkeypatch.setattr(retinanet_d2.amp, "CPUINFO", avx2_only)
     assert autocast_dtypes("cpu") == []
     assert autocast_dtypes("cuda") == [torch.float16, torch.bfloat16]
