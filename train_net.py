@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train or evaluate FocalRetinaNet with detectron2's DefaultTrainer (retinanet_d2.engine.Trainer).
+"""Train or evaluate FocalRetinaNet with detectron2's step trainers and hooks (retinanet_d2.engine),
+from a yacs config (.yaml) or a LazyConfig (.py).
 
     python train_net.py --config-file configs/retinanet_R50_FPN_1x.yaml --num-gpus 8
     python train_net.py --config-file configs/retinanet_R50_FPN_1x.yaml --eval-only MODEL.WEIGHTS model.pth
@@ -14,36 +15,38 @@ from detectron2.utils import comm
 import retinanet_d2
 from retinanet_d2.config_files import find_config_file
 from retinanet_d2.data import register_coco_dataset
-from retinanet_d2.engine import Trainer, evaluate
-from retinanet_d2.run_setup import (
-    check_config_values,
-    check_model_builds,
-    output_dir_of,
-    prepare_output_dir,
-    save_config,
-    setup_run,
-)
+from retinanet_d2.engine import evaluate, run_parts, train
+from retinanet_d2.engine.run_setup import prepare_output_dir, seed_run, setup_logging
 
-__all__ = ["Trainer", "setup", "main", "argument_parser"]
+__all__ = ["load_run_config", "setup", "main", "argument_parser"]
+
+
+def load_run_config(config_file: str, opts):
+    """The config of ``config_file`` (a path, or the name of one of the project's configs): a yacs
+    file (.yaml) with this project's node and ``opts`` as KEY VALUE pairs (frozen), or a LazyConfig
+    file (.py) with ``opts`` as key=value. The one place that picks the kind."""
+    path = find_config_file(config_file)
+    if path.endswith(".py"):
+        return LazyConfig.apply_overrides(LazyConfig.load(path), opts)
+    cfg = retinanet_d2.load_config(path, opts)
+    cfg.freeze()
+    return cfg
 
 
 def setup(args):
-    """The config of ``args``: a yacs file (.yaml) with this project's node, or a LazyConfig file
-    (.py), with the command line's overrides (KEY VALUE pairs for yacs, key=value for LazyConfig);
-    its values checked and its model built (on the CPU, then discarded) before anything is written, then the
-    output folder checked (run_setup.prepare_output_dir) and logging and seeds set up."""
-    if args.config_file.endswith(".py"):
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(find_config_file(args.config_file)), args.opts)
-    else:
-        cfg = retinanet_d2.load_config(args.config_file, args.opts)
-        cfg.freeze()
-    check_config_values(cfg)
-    check_model_builds(cfg)
+    """The run's parts (engine.RunParts) and its model: the config's values checked, the generators
+    seeded, the model built once (a config error surfaces before anything is written), then the
+    output folder checked (run_setup.prepare_output_dir) and logging set up."""
+    args.config_file = find_config_file(args.config_file)
+    parts = run_parts(load_run_config(args.config_file, args.opts))
+    parts.check_values()
+    seed_run(parts.settings, args.eval_only)
+    model = parts.build_model()
     if not args.eval_only:
-        key = "train.output_dir" if args.config_file.endswith(".py") else "OUTPUT_DIR"
-        prepare_output_dir(output_dir_of(cfg), resume=args.resume, start_over=args.start_over, key=key)
-    setup_run(cfg, args)
-    return cfg
+        prepare_output_dir(parts.settings.output_dir, resume=args.resume, start_over=args.start_over,
+                           key=parts.settings.output_dir_key)
+    setup_logging(parts.settings, args)
+    return parts, model
 
 
 def argument_parser():
@@ -81,16 +84,13 @@ def main(args):
 
 
 def train_or_evaluate(args):
-    """Register the --dataset entries, then train or evaluate as the config (yacs or LazyConfig) and flags say."""
+    """Register the --dataset entries, then train or evaluate as the config and flags say."""
     for name, json_file, image_root in getattr(args, "dataset", []):  # in every process
         register_coco_dataset(name, json_file, image_root)
-    cfg = setup(args)
+    parts, model = setup(args)
     if args.eval_only:
-        return evaluate(cfg, resume=args.resume, allow_random_weights=args.allow_random_weights)
-    trainer = Trainer(cfg)  # one engine for yacs and LazyConfig configs (retinanet_d2/engine.py)
-    trainer.resume_or_load(resume=args.resume)
-    save_config(cfg)
-    return trainer.train()
+        return evaluate(parts, model, resume=args.resume, allow_random_weights=args.allow_random_weights)
+    return train(parts, model, resume=args.resume)
 
 
 if __name__ == "__main__":

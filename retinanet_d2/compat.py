@@ -24,10 +24,3 @@ def create_ddp_model(model, **kwargs):
     if next(model.parameters()).device.type == "cpu":
         kwargs.setdefault("device_ids", None)
     return detectron2_create_ddp_model(model, **kwargs)
-
-
-def after_backward(trainer) -> None:
-    """Run the hooks' ``after_backward`` (called by current detectron2's trainers between backward
-    and the optimizer step; detectron2 0.6 has no such hook stage)."""
-    if hasattr(trainer, "after_backward"):
-        trainer.after_backward()

@@ -15,11 +15,6 @@ from detectron2.config import get_cfg
 from .config_files import find_config_file
 
 
-def is_lazy(cfg) -> bool:
-    """Whether ``cfg`` is a LazyConfig (an OmegaConf node) rather than a yacs CfgNode."""
-    return not isinstance(cfg, CN)
-
-
 @contextlib.contextmanager
 def naming_config_keys(keys: Dict[str, str]):
     """On a config path: a ValueError that a config-free module raises about one of its arguments (its

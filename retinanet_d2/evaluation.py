@@ -10,7 +10,6 @@ import os
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
-from .analysis.error_report import analyze_dataset_errors
 from .config import DEFAULTS, retinanet_node
 
 RESULTS_FILE = "coco_instances_results.json"  # what COCOEvaluator writes into its output folder
@@ -35,6 +34,8 @@ class AnalyzedCOCOEvaluator(COCOEvaluator):
     def evaluate(self, img_ids=None):
         results = super().evaluate(img_ids)
         if comm.is_main_process() and "bbox" in results:  # the results file was written just now
+            from .analysis.error_report import analyze_dataset_errors  # matplotlib: only when it runs
+
             with open(os.path.join(self._output_dir, RESULTS_FILE), encoding="utf-8") as f:
                 detections = json.load(f)
             os.makedirs(self.analysis_dir, exist_ok=True)

@@ -1,7 +1,8 @@
 """Running a model on image files: detections drawn on each image and a COCO results list.
 
-``Predictor`` is detectron2's DefaultPredictor (images read as BGR, converted to INPUT.FORMAT, resized
-as at test time, detections in the original pixels) with MODEL.WEIGHTS loaded by RetinaNetCheckpointer.
+``Predictor`` is detectron2's DefaultPredictor (images read as BGR, converted to the model's format,
+resized as at test time, detections in the original pixels) for either kind of config, with the
+weights loaded by RetinaNetCheckpointer.
 """
 import json
 import logging
@@ -13,18 +14,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import detectron2.data.transforms as T
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-from .amp import amp_dtype, device_type, inference_autocast, warn_if_emulated
+from .amp import autocast_if, warn_if_emulated
 from .atomic import atomic_open, atomic_path
 from .checkpoint import load_model_weights
-from .config import retinanet_node
+from .engine.parts import run_parts
 from .visualize import draw_detections
 
 logger = logging.getLogger(__name__)
@@ -64,57 +63,55 @@ def image_ids(paths: List[str]) -> List[int]:
 
 class Predictor(DefaultPredictor):
     """detectron2's DefaultPredictor (its attributes, its call: an (H, W, 3) uint8 BGR image ->
-    {"instances": detections in the image's pixels}) that loads MODEL.WEIGHTS with
-    RetinaNetCheckpointer (every format it reads) and infers under MODEL.FOCAL_RETINANET.TEST_AMP.
+    {"instances": detections in the image's pixels}) for a yacs config or a LazyConfig: the weights
+    (MODEL.WEIGHTS / train.init_checkpoint) loaded with RetinaNetCheckpointer (every format it reads),
+    images resized as at test time, inference under the test AMP setting.
 
-    ValueError without MODEL.WEIGHTS, or with weights that leave layers of the model uninitialised
-    (other than the class-dependent predictor), unless ``allow_random_weights``."""
+    ValueError without weights, or with weights that leave layers of the model uninitialised (other
+    than the class-dependent predictor), unless ``allow_random_weights``."""
 
     def __init__(self, cfg, allow_random_weights: bool = False):
-        # DefaultPredictor.__init__ would load with DetectionCheckpointer: the same attributes, built here.
-        if not cfg.MODEL.WEIGHTS and not allow_random_weights:
+        # DefaultPredictor.__init__ reads yacs keys and loads with DetectionCheckpointer: the same attributes, built here.
+        self.cfg, self.parts = cfg, run_parts(cfg)
+        settings = self.parts.settings
+        if not settings.weights and not allow_random_weights:
             raise ValueError(
-                "MODEL.WEIGHTS is empty: the model would be untrained. Pass MODEL.WEIGHTS /path/model.pth "
-                "(or --allow-random-weights to use an untrained model on purpose)"
+                f"{settings.weights_key} is empty: the model would be untrained. Set {settings.weights_key} to "
+                "/path/model.pth (or pass --allow-random-weights to use an untrained model on purpose)"
             )
-        if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR' for a predictor, got {cfg.INPUT.FORMAT!r}")
-        self.cfg = cfg.clone()
-        self.model = build_model(self.cfg).eval()
-        if cfg.DATASETS.TEST:
-            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        load_model_weights(self.model, cfg.MODEL.WEIGHTS, require_complete=not allow_random_weights)
-        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-        self.input_format = cfg.INPUT.FORMAT
-        if retinanet_node(cfg).TEST_AMP:
-            warn_if_emulated(device_type(cfg), amp_dtype(cfg))
+        if self.parts.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"the model's input format must be 'RGB' or 'BGR' for a predictor, got {self.parts.input_format!r}")
+        self.model = self.parts.build_model().eval()
+        self.metadata = MetadataCatalog.get(settings.test_datasets[0]) if settings.test_datasets else None
+        load_model_weights(self.model, settings.weights, key=settings.weights_key, require_complete=not allow_random_weights)
+        self.aug = self.parts.test_resize()
+        self.input_format = self.parts.input_format
+        if settings.test_amp:
+            warn_if_emulated(settings.device, settings.amp_dtype)
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Instances]:
-        with inference_autocast(self.cfg):
+        settings = self.parts.settings
+        with autocast_if(settings.test_amp, settings.device, settings.amp_dtype):
             return super().__call__(original_image)
 
     def preprocess(self, image_bgr: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) BGR image -> (3, H', W') float tensor in INPUT.FORMAT, resized as at test time
+        """(H, W, 3) BGR image -> (3, H', W') float tensor in the model's format, resized as at test time
         (the model's input, as __call__ builds it)."""
         image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
         resized = self.aug.get_transform(image).apply_image(image)
         return torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
 
+    def dataset_category_ids(self) -> Dict[int, int]:
+        """Contiguous class -> dataset category id, from the test dataset's metadata: COCO's builtin
+        splits have it; datasets registered from a JSON have it only once loaded, so empty (class
+        indices are written) until then."""
+        mapping = getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None) or {}
+        return {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
 
-def dataset_category_ids(cfg) -> Dict[int, int]:
-    """Contiguous class -> dataset category id, from the metadata of cfg.DATASETS.TEST[0]: COCO's
-    builtin splits have it; datasets registered from a JSON have it only once loaded, so empty
-    (class indices are written) until then."""
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
-    mapping = getattr(metadata, "thing_dataset_id_to_contiguous_id", None) or {}
-    return {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
-
-
-def class_names(cfg) -> List[str]:
-    """Names to draw: the test dataset's thing_classes, else the class numbers."""
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
-    names = getattr(metadata, "thing_classes", None)
-    return list(names) if names else [str(i) for i in range(cfg.MODEL.RETINANET.NUM_CLASSES)]
+    def class_names(self) -> List[str]:
+        """Names to draw: the test dataset's thing_classes, else the class numbers."""
+        names = getattr(self.metadata, "thing_classes", None)
+        return list(names) if names else [str(i) for i in range(self.parts.settings.num_classes)]
 
 
 def output_name(path: str) -> str:
@@ -146,8 +143,8 @@ def predict_files(
             f"(e.g. {overwritten[0]}); nothing was written. Choose another output folder"
         )
     os.makedirs(output_dir, exist_ok=True)
-    categories = dataset_category_ids(predictor.cfg)
-    labels = class_names(predictor.cfg)
+    categories = predictor.dataset_category_ids()
+    labels = predictor.class_names()
     ids = image_ids(paths)
     results, skipped = [], []
     for path, image_id, name in tqdm(list(zip(paths, ids, names)), desc="images", disable=len(paths) < 2):

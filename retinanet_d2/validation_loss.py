@@ -3,10 +3,12 @@
 (LazyConfig: train.validation_loss_period) iterations and after the last, the model's losses (in
 training mode, without gradients) averaged over the images of the test datasets, resized as at test
 time, as "validation_loss" (their sum) and "validation_<name>" for each loss term."""
+import contextlib
 import copy
 from typing import Dict
 
 import torch
+from torch import nn
 
 import detectron2.data.transforms as T
 from detectron2.config import instantiate
@@ -32,11 +34,32 @@ def instantiate_validation_loader(cfg):
     return instantiate(node)
 
 
+@contextlib.contextmanager
+def batch_norms_frozen(model: nn.Module):
+    """The model's BatchNorm layers in eval mode (normalising with, and not updating, their running
+    statistics) while the rest stays as it is; their modes restored afterwards."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for norm in norms:
+        norm.eval()
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.train()
+
+
 @torch.no_grad()
 def mean_losses(model, loader) -> Dict[str, float]:
     """The model's loss dict averaged over every image of ``loader`` (sharded over processes, as
     detectron2's test loader is). Every process runs as many forward passes as the largest shard
-    (repeating its last batch, not counted), because the loss normaliser is all-reduced in each."""
+    (repeating its last batch, not counted), because the loss normaliser is all-reduced in each.
+    BatchNorm layers normalise with their running statistics and leave them unchanged (the test
+    images must not become part of the model)."""
+    with batch_norms_frozen(model):
+        return _mean_losses(model, loader)
+
+
+def _mean_losses(model, loader) -> Dict[str, float]:
     sums: Dict[str, float] = {}
     images, batches, last = 0, 0, None
     for last in loader:

@@ -1,5 +1,5 @@
 """Mixed precision: losses exact in float32 under autocast, no subnormal gradients, AMP training on CPU
-(bfloat16) through train_net's Trainer, checkpoints that cross between AMP and float32, and float32
+(bfloat16) through the engine's step trainers and train_net.py, checkpoints that cross between AMP and float32, and float32
 detections from reduced-precision inference."""
 import logging
 import re
@@ -14,9 +14,10 @@ from detectron2.utils.events import EventStorage
 
 from helpers import INSTANT, cpuinfo_files, image_with_boxes, run_train_net, tiny_cfg, well_scaled_model
 import retinanet_d2
-from retinanet_d2.amp import (MixedPrecisionTrainer, amp_dtype, cpu_has_units_for, emulated_autocast,
-                              inference_autocast)
-from retinanet_d2.engine import Trainer, evaluate
+from retinanet_d2.amp import autocast_if, cpu_has_units_for, emulated_autocast
+from retinanet_d2.engine import evaluate, run_parts, train
+from retinanet_d2.engine.step import AutocastTrainer, build_step_trainer
+from retinanet_d2.engine.yacs_parts import yacs_settings
 from retinanet_d2.modeling.losses import focal_loss_from_labels, sigmoid_focal_loss, sigmoid_focal_loss_star
 
 DEVICES = [("cpu", torch.bfloat16)] + [("cuda", torch.float16), ("cuda", torch.bfloat16)] * torch.cuda.is_available()
@@ -110,12 +111,12 @@ def test_fused_label_loss_has_no_subnormal_gradients():
 
 def test_amp_dtype_by_device_and_key():
     cfg = tiny_cfg()
-    assert amp_dtype(cfg) == torch.bfloat16  # CPU
+    assert yacs_settings(cfg).amp_dtype == torch.bfloat16  # CPU
     cfg.MODEL.FOCAL_RETINANET.AMP_DTYPE = "float16"
-    assert amp_dtype(cfg) == torch.float16
+    assert yacs_settings(cfg).amp_dtype == torch.float16
     cfg.MODEL.FOCAL_RETINANET.AMP_DTYPE = "half"
     with pytest.raises(ValueError, match="MODEL.FOCAL_RETINANET.AMP_DTYPE.*'half'"):
-        amp_dtype(cfg)
+        yacs_settings(cfg)
 
 
 def test_bfloat16_training_steps_are_finite_and_decrease_the_loss():
@@ -124,8 +125,7 @@ def test_bfloat16_training_steps_are_finite_and_decrease_the_loss():
     model = build_model(cfg).train()  # the paper's initialisation (prior bias)
     batch = [image_with_boxes(seed=0), image_with_boxes(seed=1)]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    trainer = MixedPrecisionTrainer(model, [batch] * 8, optimizer, device_type="cpu", dtype=torch.bfloat16)
-    assert not trainer.grad_scaler.is_enabled()  # bfloat16 needs no loss scaling
+    trainer = AutocastTrainer(model, [batch] * 8, optimizer, device_type="cpu")
     totals = []
     with EventStorage() as storage:
         trainer.storage = storage
@@ -143,7 +143,7 @@ def test_mixed_precision_steps_call_the_hooks_after_backward():
     """As detectron2's own trainers do: between backward (gradients present) and the optimizer step."""
     model = build_model(tiny_cfg()).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    trainer = MixedPrecisionTrainer(model, [[image_with_boxes()]] * 2, optimizer, device_type="cpu", dtype=torch.bfloat16)
+    trainer = AutocastTrainer(model, [[image_with_boxes()]] * 2, optimizer, device_type="cpu")
     seen = []
 
     class GradientsSeen(HookBase):
@@ -157,21 +157,29 @@ def test_mixed_precision_steps_call_the_hooks_after_backward():
 
 @pytest.mark.skipif(not hasattr(TrainerBase, "after_backward"), reason="detectron2 0.6 has no after_backward hooks")
 @pytest.mark.parametrize("amp", [True, False], ids=["amp", "float32"])
-def test_the_engines_hooks_run_after_backward(tmp_path, amp):
-    """The engine's hooks see the gradients between backward and the step (detectron2's DefaultTrainer
-    leaves them to its inner step trainer, which has no hooks)."""
-    cfg = retinanet_d2.load_config(INSTANT, ["SOLVER.AMP.ENABLED", str(amp), "SOLVER.MAX_ITER", "2",
-                                             "OUTPUT_DIR", str(tmp_path), "TEST.EVAL_PERIOD", "0"])
-    trainer = Trainer(cfg)
+def test_the_engines_step_trainers_run_hooks_after_backward(amp):
+    """The step trainer the engine builds (AutocastTrainer under AMP on CPU, else SimpleTrainer) runs its
+    hooks' after_backward with the gradients present, before the optimizer step."""
+    cfg = retinanet_d2.load_config(INSTANT, ["SOLVER.AMP.ENABLED", str(amp)])
+    model = build_model(cfg)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    trainer = build_step_trainer(model, [[image_with_boxes()]] * 2, optimizer, yacs_settings(cfg))
+    assert isinstance(trainer, AutocastTrainer) == amp
     seen = []
 
     class GradientsSeen(HookBase):
         def after_backward(self):
-            seen.append(trainer.model.head.cls_score.weight.grad is not None)
+            seen.append(model.head.cls_score.weight.grad is not None)
 
     trainer.register_hooks([GradientsSeen()])
-    trainer.train()
+    trainer.train(0, 2)
     assert seen == [True, True]
+
+
+def test_float16_training_on_cpu_is_refused_by_key():
+    cfg = retinanet_d2.load_config(INSTANT, ["SOLVER.AMP.ENABLED", "True", "MODEL.FOCAL_RETINANET.AMP_DTYPE", "float16"])
+    with pytest.raises(ValueError, match="float16 mixed-precision training needs CUDA.*AMP_DTYPE bfloat16"):
+        build_step_trainer(build_model(cfg), [], None, yacs_settings(cfg))
 
 
 def _train(tmp_path, amp: bool, max_iter: int, resume: bool):
@@ -185,12 +193,11 @@ def test_checkpoints_resume_across_precisions(tmp_path, first_amp):
     _train(tmp_path, first_amp, 3, resume=False)
     checkpoint = torch.load(tmp_path / "model_final.pth", weights_only=True)
     assert checkpoint["iteration"] == 2
-    assert ("grad_scaler" in checkpoint["trainer"]["_trainer"]) == first_amp
     log = _train(tmp_path, not first_amp, 5, resume=True)
     iters = [int(i) for i in re.findall(r"iter: (\d+)", log)]
     assert iters and min(iters) >= 3 and max(iters) == 4  # continued from iteration 3, not from 0
     resumed = torch.load(tmp_path / "model_final.pth", weights_only=True)
-    assert resumed["iteration"] == 4 and ("grad_scaler" in resumed["trainer"]["_trainer"]) != first_amp
+    assert resumed["iteration"] == 4
 
 
 def test_reduced_precision_inference_returns_float32_detections():
@@ -199,7 +206,8 @@ def test_reduced_precision_inference_returns_float32_detections():
     image = image_with_boxes(seed=2)["image"]
     with torch.no_grad():
         full = model([{"image": image}])[0]["instances"]
-        with inference_autocast(cfg):
+        settings = yacs_settings(cfg)
+        with autocast_if(settings.test_amp, settings.device, settings.amp_dtype):
             reduced = model([{"image": image}])[0]["instances"]
             assert torch.is_autocast_enabled("cpu")
     assert reduced.pred_boxes.tensor.dtype == reduced.scores.dtype == torch.float32
@@ -266,8 +274,10 @@ def test_trainer_evaluation_and_predictor_warn_when_autocast_is_emulated(tmp_pat
 
     def trainer(amp, test_amp):
         cfg = retinanet_d2.load_config(INSTANT, ["SOLVER.AMP.ENABLED", str(amp), "MODEL.FOCAL_RETINANET.TEST_AMP",
-                                                 str(test_amp), "OUTPUT_DIR", str(tmp_path / "run")])
-        return lambda: Trainer(cfg)
+                                                 str(test_amp), "OUTPUT_DIR", str(tmp_path / f"run{amp}{test_amp}"),
+                                                 "SOLVER.MAX_ITER", "1", "TEST.EVAL_PERIOD", "0"])
+        parts = run_parts(cfg)
+        return lambda: train(parts, parts.build_model(), resume=False)
 
     predictor = lambda: Predictor(tiny_cfg(**{"MODEL.FOCAL_RETINANET.TEST_AMP": True}), allow_random_weights=True)
     try:
@@ -277,10 +287,10 @@ def test_trainer_evaluation_and_predictor_warn_when_autocast_is_emulated(tmp_pat
         assert warnings_when(with_units, trainer(True, True)) == []
         assert len(warnings_when(without, predictor)) == 1
         assert warnings_when(with_units, predictor) == []
-        weights = str(tmp_path / "run" / "weights.pth")
-        torch.save({"model": Trainer.build_model(tiny_cfg()).state_dict()}, weights)
-        evaluation = lambda: evaluate(tiny_cfg(**{"MODEL.FOCAL_RETINANET.TEST_AMP": True, "MODEL.WEIGHTS": weights,
-                                                  "DATASETS.TEST": ()}), resume=False)
+        weights = str(tmp_path / "weights.pth")
+        torch.save({"model": build_model(tiny_cfg()).state_dict()}, weights)
+        parts = run_parts(tiny_cfg(**{"MODEL.FOCAL_RETINANET.TEST_AMP": True, "MODEL.WEIGHTS": weights, "DATASETS.TEST": ()}))
+        evaluation = lambda: evaluate(parts, parts.build_model(), resume=False)
         assert len(warnings_when(without, evaluation)) == 1
     finally:
         logger.removeHandler(handler)

@@ -202,12 +202,11 @@ def test_exports_of_a_model_trained_under_amp_match_it(tmp_path):
     """A model trained with bfloat16 autocast keeps float32 weights: tracing and scripting work."""
     from detectron2.utils.events import EventStorage
 
-    from retinanet_d2.amp import MixedPrecisionTrainer
+    from retinanet_d2.engine.step import AutocastTrainer
 
     model = well_scaled_model(tiny_cfg()).train()
     batch = [image_with_boxes(seed=0), image_with_boxes(seed=1)]
-    trainer = MixedPrecisionTrainer(model, [batch] * 2, torch.optim.SGD(model.parameters(), lr=1e-3),
-                                    device_type="cpu", dtype=torch.bfloat16)
+    trainer = AutocastTrainer(model, [batch] * 2, torch.optim.SGD(model.parameters(), lr=1e-3), device_type="cpu")
     with EventStorage() as storage:
         trainer.storage = storage
         for _ in range(2):

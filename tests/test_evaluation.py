@@ -3,7 +3,6 @@ gives pycocotools' 12 metrics, and detectron2's stock COCOEvaluator uses it."""
 import contextlib
 import io
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -69,10 +68,8 @@ def test_train_nets_evaluator_scores_as_many_detections_as_the_model_keeps(tmp_p
     300) every object is found (AP 100); at detectron2's default 100 the recall stops at 0.5, so the
     101-point AP50 is 51 / 101 (precision 1 at recall 0, 0.01, ..., 0.50; 0 beyond)."""
     import retinanet_d2
-    from helpers import INSTANT, REPO
-
-    sys.path.insert(0, REPO)
-    import train_net
+    from helpers import INSTANT
+    from retinanet_d2.evaluation import build_coco_evaluator
 
     boxes = [[10.0 * (i % 20), 10.0 * (i // 20), 8.0, 8.0] for i in range(200)]  # XYWH, disjoint
     gt = {
@@ -92,7 +89,7 @@ def test_train_nets_evaluator_scores_as_many_detections_as_the_model_keeps(tmp_p
     ap50 = {}
     for kept in (300, 100):
         cfg = retinanet_d2.load_config(INSTANT, ["TEST.DETECTIONS_PER_IMAGE", str(kept)])
-        evaluator = train_net.Trainer.build_evaluator(cfg, "dense_eval_test", output_folder=str(tmp_path / str(kept)))
+        evaluator = build_coco_evaluator(cfg, "dense_eval_test", str(tmp_path / str(kept)))
         evaluator.reset()
         evaluator.process([{"image_id": 1}], [{"instances": instances}])
         ap50[kept] = evaluator.evaluate()["bbox"]["AP50"]

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""The demo: train FocalRetinaNet from scratch on the embedded shapes dataset on CPU with the stock
-DefaultTrainer, evaluate the held-out split with COCOEvaluator, and draw detections into a PNG.
+"""The demo: train FocalRetinaNet from scratch on the embedded shapes dataset on CPU with train_net.py
+(detectron2's step trainer and hooks), evaluate the held-out split with COCOEvaluator, and draw
+detections into a PNG.
 
     python tools/demo.py [--config-file configs/shapes_demo.yaml] [--images 8] [--amp auto|on|off] [--start-over] [KEY VALUE ...]
 

@@ -5,18 +5,18 @@ sees other images than the uninterrupted one would have. ``ResumableTrainingSamp
 infinite, seeded stream and skips what the first ``start_iter`` iterations consumed. The skip is
 exact without aspect-ratio grouping or when all images fall in one group; with several groups, the
 images that sat in the grouping buffers at the checkpoint are not replayed. The same for yacs
-configs (``build_resumable_train_loader``) and LazyConfig ones (``instantiate_resumable_train_loader``).
+configs (``build_resumable_train_loader``) and LazyConfig ones (``instantiate_resumable_train_loader``);
+engine/yacs_parts.py and engine/lazy_parts.py call them.
 """
 import itertools
 import logging
 from typing import Dict, List
 
 from detectron2.config import instantiate
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
-from ..config import is_lazy
 from .mapper import FileNamingDatasetMapper
 
 logger = logging.getLogger(__name__)
@@ -44,14 +44,6 @@ def resumable_sampler(size: int, total_batch_size: int, start_iter: int, seed: i
     iteration over all processes; ``seed`` < 0: a random one, which a resumed run does not share)."""
     skip = start_iter * (total_batch_size // comm.get_world_size())
     return ResumableTrainingSampler(size, skip=skip, seed=seed if seed >= 0 else None)
-
-
-def training_records(cfg) -> List[Dict]:
-    """The training datasets' records (DATASETS.TRAIN, filtered as DATALOADER.FILTER_EMPTY_ANNOTATIONS
-    says; LazyConfig: dataloader.train.dataset instantiated)."""
-    if is_lazy(cfg):
-        return instantiate(cfg.dataloader.train.dataset)
-    return get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
 
 
 def build_resumable_train_loader(cfg, records: List[Dict], start_iter: int):

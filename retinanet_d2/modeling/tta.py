@@ -5,33 +5,46 @@ detector_postprocess) are mapped back to the original image, merged with class-w
 model's NMS threshold, the best DETECTIONS_PER_IMAGE kept, then clipped to the image and empty
 boxes dropped, as detector_postprocess does: one size without flips is plain inference.
 """
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from detectron2.config import configurable
 from detectron2.layers import batched_nms
 from detectron2.modeling.test_time_augmentation import DatasetMapperTTA
 from detectron2.structures import Boxes, Instances
 
 
 class FocalRetinaNetWithTTA(nn.Module):
-    """``model`` (a FocalRetinaNet in eval mode) evaluated on the augmentations of ``cfg``'s TEST.AUG."""
+    """``model`` (a FocalRetinaNet in eval mode) evaluated on resized (and flipped) copies of each image."""
 
-    def __init__(self, cfg, model: nn.Module, batch_size: int = 1):
+    @configurable
+    def __init__(self, model: nn.Module, *, min_sizes: Sequence[int], max_size: int, flip: bool, batch_size: int = 1):
         """
         Args:
-            cfg: its TEST.AUG keys choose the augmentations.
-            model: the detector; its test_nms_thresh and max_detections_per_image merge them.
+            model: the detector; its test_nms_thresh and max_detections_per_image merge the detections.
+            min_sizes: short sides to resize each image to (TEST.AUG.MIN_SIZES).
+            max_size: the longest side allowed (TEST.AUG.MAX_SIZE).
+            flip: also each size flipped horizontally (TEST.AUG.FLIP).
             batch_size: augmented images per forward pass.
         """
         super().__init__()
-        if not cfg.TEST.AUG.MIN_SIZES:
-            raise ValueError("TEST.AUG.MIN_SIZES is empty: test-time augmentation needs at least one size")
+        if not min_sizes:
+            raise ValueError("min_sizes is empty: test-time augmentation needs at least one size")
         if isinstance(model, DistributedDataParallel):
             model = model.module
-        self.model, self.mapper, self.batch_size = model, DatasetMapperTTA(cfg), batch_size
+        self.model, self.batch_size = model, batch_size
+        self.mapper = DatasetMapperTTA(min_sizes=list(min_sizes), max_size=max_size, flip=flip)
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module):
+        """TEST.AUG's keys; an empty TEST.AUG.MIN_SIZES is refused by name."""
+        if not cfg.TEST.AUG.MIN_SIZES:
+            raise ValueError("TEST.AUG.MIN_SIZES is empty: test-time augmentation needs at least one size")
+        return {"model": model, "min_sizes": cfg.TEST.AUG.MIN_SIZES, "max_size": cfg.TEST.AUG.MAX_SIZE,
+                "flip": cfg.TEST.AUG.FLIP}
 
     @torch.no_grad()
     def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
