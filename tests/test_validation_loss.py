@@ -42,3 +42,17 @@ def test_train_net_logs_the_validation_loss_of_its_weights(tmp_path):
         expected = mean_losses(model, build_validation_loader(cfg))
     assert final["validation_loss_cls"] == pytest.approx(expected["loss_cls"], rel=1e-5)
     assert final["validation_loss_box_reg"] == pytest.approx(expected["loss_box_reg"], rel=1e-5)
+
+
+def test_mean_losses_leave_batch_norm_statistics_unchanged():
+    """The test images normalise with the running statistics and do not become part of them (a
+    BatchNorm backbone in training mode would otherwise update them on every validation pass)."""
+    model = well_scaled_model(tiny_cfg(**{"MODEL.RESNETS.NORM": "BN"})).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.training for m in norms)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    with EventStorage():
+        mean_losses(model, [[image_with_boxes(seed=0)]])
+    after = model.state_dict()
+    assert all(torch.equal(value, after[key]) for key, value in before.items())
+    assert all(m.training for m in norms)  # their mode restored
