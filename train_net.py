@@ -7,6 +7,8 @@ from a yacs config (.yaml) or a LazyConfig (.py).
     python train_net.py --config-file configs/torchvision/retinanet_resnet50_fpn.yaml --eval-only
     python train_net.py --config-file configs/lazy/retinanet_R50_FPN_1x.py --num-gpus 8 train.max_iter=90000
 """
+import contextlib
+
 import torch.distributed as dist
 from detectron2.config import LazyConfig
 from detectron2.engine import default_argument_parser, launch
@@ -16,7 +18,7 @@ import retinanet_d2
 from retinanet_d2.config_files import find_config_file
 from retinanet_d2.data import register_coco_dataset
 from retinanet_d2.engine import evaluate, run_parts, train
-from retinanet_d2.engine.run_setup import prepare_output_dir, seed_run, setup_logging
+from retinanet_d2.engine.run_setup import output_dir_lock, prepare_output_dir, seed_run, setup_logging
 
 __all__ = ["load_run_config", "setup", "main", "argument_parser"]
 
@@ -33,20 +35,23 @@ def load_run_config(config_file: str, opts):
     return cfg
 
 
+@contextlib.contextmanager
 def setup(args):
-    """The run's parts (engine.RunParts) and its model: the config's values checked, the generators
-    seeded, the model built once (a config error surfaces before anything is written), then the
-    output folder checked (run_setup.prepare_output_dir) and logging set up."""
+    """The run's parts (engine.RunParts) and its model, for the block's duration: the config's values
+    checked, the generators seeded, the model built once (a config error surfaces before anything is
+    written); for training the output folder locked for this run and checked
+    (run_setup.output_dir_lock, prepare_output_dir); then logging set up."""
     args.config_file = find_config_file(args.config_file)
     parts = run_parts(load_run_config(args.config_file, args.opts))
     parts.check_values()
     seed_run(parts.settings, args.eval_only)
     model = parts.build_model()
-    if not args.eval_only:
-        prepare_output_dir(parts.settings.output_dir, resume=args.resume, start_over=args.start_over,
-                           key=parts.settings.output_dir_key)
-    setup_logging(parts.settings, args)
-    return parts, model
+    folder, key = parts.settings.output_dir, parts.settings.output_dir_key
+    with contextlib.nullcontext() if args.eval_only else output_dir_lock(folder, key):
+        if not args.eval_only:
+            prepare_output_dir(folder, resume=args.resume, start_over=args.start_over, key=key)
+        setup_logging(parts.settings, args)
+        yield parts, model
 
 
 def argument_parser():
@@ -87,10 +92,10 @@ def train_or_evaluate(args):
     """Register the --dataset entries, then train or evaluate as the config and flags say."""
     for name, json_file, image_root in getattr(args, "dataset", []):  # in every process
         register_coco_dataset(name, json_file, image_root)
-    parts, model = setup(args)
-    if args.eval_only:
-        return evaluate(parts, model, resume=args.resume, allow_random_weights=args.allow_random_weights)
-    return train(parts, model, resume=args.resume)
+    with setup(args) as (parts, model):
+        if args.eval_only:
+            return evaluate(parts, model, resume=args.resume, allow_random_weights=args.allow_random_weights)
+        return train(parts, model, resume=args.resume)
 
 
 if __name__ == "__main__":

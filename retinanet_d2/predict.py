@@ -12,9 +12,10 @@ from typing import Dict, Iterable, List, Tuple
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
@@ -23,6 +24,7 @@ from detectron2.structures import Instances
 from .amp import autocast_if, warn_if_emulated
 from .atomic import atomic_open, atomic_path
 from .checkpoint import load_model_weights
+from .data.checks import pixel_depth_problem
 from .engine.parts import run_parts
 from .visualize import draw_detections
 
@@ -53,10 +55,11 @@ def list_images(inputs: Iterable[str]) -> List[str]:
 
 
 def image_ids(paths: List[str]) -> List[int]:
-    """COCO image id of each path: the file names' numbers when all are numbers (COCO's own
-    files, 000000000139.jpg -> 139), else 1..N in order."""
+    """COCO image id of each path: the file names' numbers when all are numbers and no two are the
+    same number (COCO's own files, 000000000139.jpg -> 139), else 1..N in order (1.png and 001.png
+    would share an id)."""
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    if stems and all(s.isdigit() for s in stems):
+    if stems and all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
         return [int(s) for s in stems]
     return list(range(1, len(paths) + 1))
 
@@ -102,9 +105,12 @@ class Predictor(DefaultPredictor):
         return torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
 
     def dataset_category_ids(self) -> Dict[int, int]:
-        """Contiguous class -> dataset category id, from the test dataset's metadata: COCO's builtin
-        splits have it; datasets registered from a JSON have it only once loaded, so empty (class
-        indices are written) until then."""
+        """Contiguous class -> the test dataset's category id (empty without a test dataset: class
+        indices are written). A dataset registered from a JSON knows its ids once loaded: it is
+        loaded here if it was not yet."""
+        if self.metadata is not None and self.metadata.get("thing_dataset_id_to_contiguous_id") is None \
+                and self.metadata.name in DatasetCatalog.list():
+            DatasetCatalog.get(self.metadata.name)
         mapping = getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None) or {}
         return {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
 
@@ -149,6 +155,10 @@ def predict_files(
     results, skipped = [], []
     for path, image_id, name in tqdm(list(zip(paths, ids, names)), desc="images", disable=len(paths) < 2):
         try:
+            with Image.open(path) as header:
+                problem = pixel_depth_problem(header.mode)
+            if problem:
+                raise ValueError(problem)
             image = read_image(path, format="BGR")
         except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, ... on bad files
             logger.warning(f"skipped {path}: cannot be read as an image ({type(error).__name__}: {error})")

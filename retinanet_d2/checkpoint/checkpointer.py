@@ -102,13 +102,34 @@ class RetinaNetCheckpointer(DetectionCheckpointer):
                 f"{where}: none of its {len(state)} tensors has a name of this "
                 f"model (it has e.g. {sorted(state)[:3]}, the model {sorted(model_state)[:3]})"
             )
-        wrong = [m for m in shape_mismatches(model_state, state) if not m[0].startswith(CLASS_DEPENDENT)]
+        mismatches = shape_mismatches(model_state, state)
+        wrong = [m for m in mismatches if not m[0].startswith(CLASS_DEPENDENT)]
+        if not wrong and mismatches and (self.require_complete or self._source == RESUME_SOURCE):
+            raise ValueError(self._class_count_problem(where, mismatches[0]))
         if wrong:
             lines = "\n".join(f"  {name}: {ckpt} in the checkpoint, {model} in the model" for name, ckpt, model in wrong)
             raise ValueError(
                 f"{where} does not fit the model built from the config "
                 f"({len(wrong)} layers differ; is the config the one for these weights?):\n{lines}"
             )
+
+    def _class_count_problem(self, where: str, mismatch: Tuple[str, tuple, tuple]) -> str:
+        """Why weights whose class-dependent layer has another shape are refused: evaluation,
+        prediction and export would use a random classifier; a resume would continue another model."""
+        name, in_checkpoint, in_model = mismatch
+        model_classes = getattr(self.model, "num_classes", None)
+        counts = ""
+        if model_classes and in_model[0] % model_classes == 0:
+            anchors = in_model[0] // model_classes
+            counts = f" it was trained for {in_checkpoint[0] // anchors} classes, the config has {model_classes} (" \
+                     "MODEL.RETINANET.NUM_CLASSES / model.num_classes);"
+        if self._source == RESUME_SOURCE:
+            return (f"{where}: cannot resume, the checkpoint's classifier {name} is {in_checkpoint}, the model's "
+                    f"{in_model};{counts} its checkpoints and config.yaml are left as they were. Resume with the config the run "
+                    "was started with, or start a new output folder with this checkpoint as the weights to fine-tune")
+        return (f"{where}: its classifier {name} is {in_checkpoint}, the model's {in_model};{counts} evaluating or "
+                "predicting with it would use a random classifier. Set the class count of the weights, or fine-tune "
+                "them on this dataset first (training loads them and starts a new classifier)")
 
     def resume_or_load(self, path: str, *, resume: bool = True):
         """With ``resume``: the newest readable checkpoint of save_dir (all checkpointables), if any;

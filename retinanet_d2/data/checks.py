@@ -4,8 +4,10 @@ file fails the run before training starts, named, instead of at the iteration th
 
 Errors (``DatasetError``, all problems at once, each kind with its count and the first files or
 annotation ids): duplicate image or annotation ids, annotations of unknown images or categories,
-malformed boxes (not 4 finite numbers), missing or unreadable images, images whose size differs
-from the JSON's, JPEG/PNG files cut short (their end marker missing and a decode failing).
+malformed boxes (not 4 finite numbers), images without width/height, missing or unreadable images,
+images whose size differs from the JSON's (compared after the EXIF orientation, as detectron2 reads
+them; a JSON in the stored orientation is told so), 16-bit, 32-bit and float images (detectron2 reads
+them as blank 8-bit ones), JPEG/PNG files cut short (their end marker missing and a decode failing).
 Warnings: boxes that training drops (no area, or nothing left inside the image), counted.
 """
 import json
@@ -22,6 +24,11 @@ logger = logging.getLogger(__name__)
 
 SHOWN = 5  # examples named per kind of problem
 JPEG_END = b"\xff\xd9"
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; values 5-8 swap width and height
+EXIF_TRANSPOSING = (5, 6, 7, 8)
+# PIL modes whose pixels detectron2's read_image (a conversion to 8-bit RGB) clips to a flat image.
+HIGH_DEPTH_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": "16-bit", "I": "32-bit integer",
+                    "F": "32-bit float"}
 PNG_END = b"IEND\xaeB`\x82"
 
 
@@ -31,20 +38,37 @@ class DatasetError(ValueError):
 
 def image_problem(path: str, width: Optional[int], height: Optional[int]) -> Optional[str]:
     """What is wrong with the image file ``path`` that the JSON says is ``width`` x ``height``
-    (None: nothing). Reads the header; decodes only a JPEG or PNG whose end marker is missing."""
+    (None: nothing). Reads the header; decodes only a JPEG or PNG whose end marker is missing. The
+    size compared is the one detectron2 reads: after the EXIF orientation (a rotated phone photo)."""
     if not os.path.isfile(path):
         return "missing"
     try:
         with Image.open(path) as image:
-            size = image.size
-            kind = image.format
+            stored, mode, kind = image.size, image.mode, image.format
+            rotated = image.getexif().get(EXIF_ORIENTATION, 1) in EXIF_TRANSPOSING
             if not _ends_whole(path, kind):
                 image.load()  # a file cut short fails here ("image file is truncated")
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
         return f"unreadable ({type(error).__name__}: {error})"
+    if mode in HIGH_DEPTH_MODES:
+        return pixel_depth_problem(mode)
+    size = stored[::-1] if rotated else stored
     if width is not None and height is not None and size != (width, height):
-        return f"is {size[0]}x{size[1]}, the JSON says {width}x{height}"
+        if rotated and stored == (width, height):
+            return (f"is stored {stored[0]}x{stored[1]}, as the JSON says, but its EXIF orientation rotates it to "
+                    f"{size[0]}x{size[1]}, the way detectron2 reads it; give the JSON the rotated size (and boxes "
+                    "in the rotated picture) or save the pixels rotated without the EXIF tag")
+        return f"is {size[0]}x{size[1]}, the JSON says {width}x{height}" + (" (after its EXIF rotation)" if rotated else "")
     return None
+
+
+def pixel_depth_problem(mode: str) -> Optional[str]:
+    """Why an image of PIL ``mode`` cannot be used as it is (None: it can): 16-bit, 32-bit and float
+    pixels, which detectron2's read_image clips into a flat 8-bit image."""
+    if mode not in HIGH_DEPTH_MODES:
+        return None
+    return (f"has {HIGH_DEPTH_MODES[mode]} pixels (PIL mode {mode}), which detectron2 reads as a flat (blank) "
+            "8-bit image; convert it to 8 bits per channel first (scaled to 0-255 as the data means)")
 
 
 def _ends_whole(path: str, kind: str) -> bool:
@@ -101,6 +125,10 @@ def check_coco_dataset(json_file: str, image_root: str, workers: int = 8) -> Dic
         for duplicate in sorted((i for i, n in counts.items() if n > 1), key=str):
             problems[f"duplicate {kind} ids"].append(f"id={duplicate} ({counts[duplicate]} times)")
     sizes = {r.get("id"): (r.get("width"), r.get("height")) for r in images}
+    for record in images:
+        if record.get("width") is None or record.get("height") is None:
+            problems["images without width/height"].append(
+                f"id={record.get('id')} ({record.get('file_name')}): detectron2 needs both to load the dataset")
 
     dropped = []
     for annotation in annotations:

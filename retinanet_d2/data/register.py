@@ -99,6 +99,25 @@ def check_num_classes(dataset_name: str, num_classes: int, key: str = "MODEL.RET
         )
 
 
+def check_same_classes(dataset_name: str, reference_names) -> None:
+    """Raise ValueError, showing both class lists, when ``dataset_name``'s classes (thing_classes,
+    by contiguous class index) differ from those of a dataset of ``reference_names`` (the training
+    sets): the same model output would mean another class in each, and every AP would be scored
+    against the wrong class. Datasets whose classes are not known yet (not loaded) are not compared."""
+    classes = MetadataCatalog.get(dataset_name).get("thing_classes")
+    for reference in reference_names:
+        expected = MetadataCatalog.get(reference).get("thing_classes")
+        if classes is None or expected is None or list(classes) == list(expected):
+            continue
+        how = "in another order (its JSON gives them other category ids)" if sorted(classes) == sorted(expected) \
+            else "differently"
+        raise ValueError(
+            f"dataset '{dataset_name}' names its classes {how} than '{reference}': class index -> name is "
+            f"{dict(enumerate(classes))} there and {dict(enumerate(expected))} in '{reference}'. Give both JSONs the same "
+            "categories (same ids and names)"
+        )
+
+
 register_shapes(default_root())
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import detectron2.data.transforms as T
 
-from ..data import check_dataset_files, check_num_classes
+from ..data import check_dataset_files, check_num_classes, check_same_classes
 from .settings import RunSettings
 
 
@@ -79,10 +79,12 @@ class RunParts(abc.ABC):
         return records
 
     def checked_test_loader(self, dataset_name: str) -> Iterable:
-        """build_test_loader with the dataset's files and class count checked first."""
+        """build_test_loader with the dataset's files checked, and its class count compared with the
+        model's and its class names with the training sets' (where those are loaded)."""
         check_dataset_files(dataset_name)
         loader = self.build_test_loader(dataset_name)
         check_num_classes(dataset_name, self.settings.num_classes, key=self.settings.num_classes_key)
+        check_same_classes(dataset_name, self.settings.train_datasets)
         return loader
 
 

@@ -5,14 +5,18 @@
    iterations, an empty batch, an unknown ``train.*`` key of a LazyConfig) are refused by key;
 2. the model is built once, before anything is written (a config error surfaces first), after
    ``seed_run`` so that its initialisation is the seeded one, and handed to the training loop;
-3. ``prepare_output_dir``: a new run into a folder that holds checkpoints is refused (``--resume``
-   goes on; ``--start-over`` moves the earlier run into a subfolder first);
+3. ``output_dir_lock``: one training run per output folder at a time; ``prepare_output_dir``: a new
+   run into a folder that holds checkpoints is refused (``--resume`` goes on; ``--start-over`` moves
+   the earlier run into a subfolder first);
 4. ``setup_logging``: detectron2's ``default_setup`` (logging, environment) without its
    ``config.yaml``, which ``save_config`` writes atomically once the checkpoint is loaded.
 """
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
+import socket
 import time
 
 import torch
@@ -28,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 BEST_MODES = ("max", "min")
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".retinanet_d2.lock"  # held by the training run that writes into the folder
 # What a run writes into its output folder and what --start-over moves away.
 RUN_FILES = ("last_checkpoint", CONFIG_FILE, "metrics.json", "log.txt", "inference")
 
@@ -51,6 +56,38 @@ def holds_checkpoints(folder: str) -> bool:
         return False
     names = [n for n in os.listdir(folder) if not is_unfinished_write(n)]
     return "last_checkpoint" in names or any(n.endswith(".pth") for n in names)
+
+
+@contextlib.contextmanager
+def output_dir_lock(folder: str, key: str):
+    """Hold ``folder``'s lock file (LOCK_FILE, an exclusive flock, main process only) while the
+    block runs: a second training run into the same folder is refused (RuntimeError naming ``key``
+    and the running process) instead of overwriting the first one's checkpoints. The kernel drops
+    the lock when the holder exits, so a crashed run leaves nothing stuck. NotADirectoryError when
+    ``folder`` is a file."""
+    if not comm.is_main_process() or not folder:
+        yield
+        return
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(f"{key}={folder} is a file, not a folder; choose another {key}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_FILE)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RuntimeError(f"{key}={folder} is in use by a running training run ({holder}); two runs in one "
+                               f"folder would overwrite each other's checkpoints. Wait for it, or choose another {key}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def prepare_output_dir(folder: str, *, resume: bool, start_over: bool, key: str) -> None:
