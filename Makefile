@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 setup:
 	bash tools/setup_env.sh
 
@@ -13,3 +13,7 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The in-process tier alone (no test marked e2e: nothing that starts train_net.py, a tool or workers).
+test-fast: setup
+	$(PY) -m pytest -q -m "not e2e" tests

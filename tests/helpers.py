@@ -33,6 +33,13 @@ def train_net_process(*args, **kwargs):
                           capture_output=True, text=True, cwd=REPO, **kwargs)
 
 
+def train_net_main(*args):
+    """train_net.main with the command line ``args``, in this process (what it returns; what it raises)."""
+    import train_net
+
+    return train_net.main(train_net.argument_parser().parse_args(list(args)))
+
+
 def run_train_net(*args):
     """train_net.py with ``args``, which must succeed; its output (stdout and stderr)."""
     result = train_net_process(*args)

@@ -17,7 +17,7 @@ from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 
 import retinanet_d2
 import train_net
-from helpers import CONFIGS, INSTANT, REPO
+from helpers import CONFIGS, INSTANT, REPO, train_net_main
 from retinanet_d2.checkpoint import load_model_weights
 from retinanet_d2.data.shapes import SPLITS, default_root, generate_split, split_paths
 from retinanet_d2.engine import run_parts
@@ -63,7 +63,7 @@ def every_feature(kind: str, out: str, train_name: str, val_name: str):
 
 def run(config, *argv):
     """train_net.main in this process, with the command line ``--config-file config argv``."""
-    return train_net.main(train_net.argument_parser().parse_args(["--config-file", config, *argv]))
+    return train_net_main("--config-file", config, *argv)
 
 
 @pytest.mark.parametrize("kind", ["yacs", "lazy"])

@@ -91,3 +91,23 @@ def test_an_unreadable_image_is_reported_not_drawn(tmp_path):
     third = json.loads((out / "errors.json").read_text())["worst_images"][2]
     assert third["image_id"] == 3 and "drawn" not in third and "c.png" in third["draw_error"]
     assert "image 3 not drawn" in result.stderr
+
+
+def test_the_worst_folder_holds_only_the_latest_analysis(tmp_path):
+    """A second analysis (as after the next evaluation) replaces the first one's drawings; a file of
+    the user's in the folder stays."""
+    from pycocotools.coco import COCO
+
+    from retinanet_d2.analysis.error_report import analyze_errors
+
+    gt, results_file = hand_made(tmp_path)
+    coco_gt = COCO(str(gt))
+    files = {i: str(tmp_path / n) for i, n in enumerate(("a.png", "b.png", "c.png"), 1)}
+    out = tmp_path / "analysis"
+    results = json.loads(results_file.read_text())
+    analyze_errors(coco_gt, results, ["cat", "dog", "bird"], files, str(out), worst=3)
+    assert sorted(os.listdir(out / "worst")) == ["01_a.png", "02_b.png", "03_c.png"]
+    (out / "worst" / "notes.txt").write_text("mine")
+    found_all = results + [det(3, 1, [20, 20, 40, 40], 0.9)]  # image 3's cat found: two images with errors left
+    analyze_errors(coco_gt, found_all, ["cat", "dog", "bird"], files, str(out), worst=3)
+    assert sorted(os.listdir(out / "worst")) == ["01_a.png", "02_b.png", "notes.txt"]

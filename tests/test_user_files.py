@@ -13,20 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
 
-import train_net
 from coco_files import box, image_record, write_coco, write_image
-from helpers import INSTANT, REPO, tiny_cfg
+from helpers import INSTANT, REPO, tiny_cfg, train_net_main
 from retinanet_d2.data.checks import DatasetError, check_coco_dataset
 from retinanet_d2.engine.run_setup import LOCK_FILE
 from retinanet_d2.predict import Predictor, image_ids, predict_files
-
-
-def run(*argv):
-    return train_net.main(train_net.argument_parser().parse_args(list(argv)))
 
 
 def one_image_dataset(folder, name, size=(40, 30), **record):
@@ -117,7 +111,7 @@ def test_a_validation_split_with_other_class_ids_is_refused_with_both_mappings(t
     with pytest.raises(ValueError, match=r"dataset 'scrambled_val' names its classes in another order .*"
                                          r"\{0: 'triangle', 1: 'circle', 2: 'square'\} there and "
                                          r"\{0: 'circle', 1: 'square', 2: 'triangle'\} in 'scrambled_train'"):
-        run("--config-file", INSTANT, "--dataset", "scrambled_train", train_json, str(tmp_path),
+        train_net_main("--config-file", INSTANT, "--dataset", "scrambled_train", train_json, str(tmp_path),
             "--dataset", "scrambled_val", val_json, str(tmp_path), "DATASETS.TRAIN", "('scrambled_train',)",
             "DATASETS.TEST", "('scrambled_val',)", "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path / "run"))
 
@@ -157,7 +151,7 @@ def test_weights_for_another_class_count_are_refused_for_evaluation_and_predicti
     with pytest.raises(ValueError, match=message):
         Predictor(cfg)
     with pytest.raises(ValueError, match=message):
-        run("--config-file", INSTANT, "--eval-only", "MODEL.WEIGHTS", weights, "MODEL.RESNETS.DEPTH", "18",
+        train_net_main("--config-file", INSTANT, "--eval-only", "MODEL.WEIGHTS", weights, "MODEL.RESNETS.DEPTH", "18",
             "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.RETINANET.NUM_CONVS", "1",
             "MODEL.RESNETS.NORM", "FrozenBN", "MODEL.RETINANET.NORM", "", "MODEL.FPN.NORM", "",
             "MODEL.PIXEL_STD", "[57.375, 57.120, 58.395]", "OUTPUT_DIR", str(tmp_path / "eval"))
@@ -173,11 +167,11 @@ def test_a_resume_with_another_class_count_is_refused_before_the_folder_changes(
                       [box(1, 1, [8, 8, 30, 30], category_id=4)], categories=[{"id": k, "name": str(k)} for k in range(1, 6)])
     out = str(tmp_path / "run")
     common = ["--config-file", INSTANT, "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "OUTPUT_DIR", out]
-    run(*common)
+    train_net_main(*common)
     kept = ("config.yaml", "last_checkpoint", "metrics.json", "model_final.pth")
     before = {name: open(os.path.join(out, name), "rb").read() for name in kept}
     with pytest.raises(ValueError, match=r"cannot resume.*trained for 3 classes, the config has 5.*its checkpoints and config.yaml are left"):
-        run("--resume", "--dataset", "five_classes", str(five), str(tmp_path), *common, "DATASETS.TRAIN", "('five_classes',)",
+        train_net_main("--resume", "--dataset", "five_classes", str(five), str(tmp_path), *common, "DATASETS.TRAIN", "('five_classes',)",
             "MODEL.RETINANET.NUM_CLASSES", "5", "SOLVER.MAX_ITER", "4")
     assert {name: open(os.path.join(out, name), "rb").read() for name in kept} == before
 
@@ -194,25 +188,25 @@ def test_a_second_training_run_into_a_busy_folder_is_refused_and_a_killed_one_le
         assert holder.stdout.readline().strip() == "held"
         common = ["--config-file", INSTANT, "SOLVER.MAX_ITER", "1", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)]
         with pytest.raises(RuntimeError, match=rf"OUTPUT_DIR={out} is in use by a running training run \(pid {holder.pid} "):
-            run(*common)
+            train_net_main(*common)
         assert sorted(os.listdir(out)) == [LOCK_FILE]  # nothing written
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    run(*common)
+    train_net_main(*common)
     assert os.path.isfile(out / "model_final.pth")
 
 
 def test_an_output_dir_that_is_a_file_is_named(tmp_path):
     (tmp_path / "taken").write_text("a user's file")
     with pytest.raises(NotADirectoryError, match=rf"OUTPUT_DIR={tmp_path / 'taken'} is a file, not a folder"):
-        run("--config-file", INSTANT, "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path / "taken"))
+        train_net_main("--config-file", INSTANT, "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path / "taken"))
     assert (tmp_path / "taken").read_text() == "a user's file"
 
 
 def test_a_shipped_config_named_without_its_path_trains(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not the checkout: found by name among the project's configs
-    run("--config-file", "shapes_instant_test.yaml", "SOLVER.MAX_ITER", "1", "DATASETS.TEST", "()",
+    train_net_main("--config-file", "shapes_instant_test.yaml", "SOLVER.MAX_ITER", "1", "DATASETS.TEST", "()",
         "OUTPUT_DIR", str(tmp_path / "run"))
     assert os.path.isfile(tmp_path / "run" / "model_final.pth")
     assert "Contents of args.config_file=" in (tmp_path / "run" / "log.txt").read_text()

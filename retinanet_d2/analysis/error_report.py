@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 from typing import Dict, List, Sequence
 
 import cv2
@@ -33,6 +34,7 @@ from .figures import new_figure, save_figure
 
 logger = logging.getLogger(__name__)
 REPORT_FILE, PR_FIGURE, CONFUSION_FIGURE, WORST_FOLDER = "errors.json", "pr_curves.png", "confusion_matrix.png", "worst"
+DRAWING = re.compile(r"\d{2,}_.+\.png")  # the names of the worst images' drawings: rank, then the image's name
 
 
 def analyze_dataset_errors(dataset_name: str, results: List[Dict], output_dir: str, **options) -> Dict:
@@ -68,7 +70,7 @@ def analyze_errors(coco_gt: COCO, results: List[Dict], class_names: Sequence[str
                  zip(per_class_metrics(evaluation, list(class_names)), precision_recall_f1(matrix))]
     ranked = sorted(images, key=lambda image: (-len(image.errors), image.image_id))[:worst]
     ranked = [image for image in ranked if image.errors]
-    os.makedirs(os.path.join(output_dir, WORST_FOLDER), exist_ok=True)
+    _clear_earlier_drawings(os.path.join(output_dir, WORST_FOLDER))
     worst_rows = [_draw_worst(rank, image, evaluation, class_names, image_files, output_dir, score_thresh)
                   for rank, image in enumerate(ranked, start=1)]
     report = {"score_thresh": score_thresh, "match_iou": 0.5, "classes": list(class_names), "per_class": per_class,
@@ -80,6 +82,15 @@ def analyze_errors(coco_gt: COCO, results: List[Dict], class_names: Sequence[str
     _plot_pr_curves(precision_recall_curves(evaluation), class_names, os.path.join(output_dir, PR_FIGURE))
     _plot_confusion(matrix, class_names, os.path.join(output_dir, CONFUSION_FIGURE))
     return report
+
+
+def _clear_earlier_drawings(folder: str) -> None:
+    """Create ``folder``, or remove the drawings an earlier analysis left in it (NN_<image>.png), so
+    that it holds only this analysis's worst images; other files are left."""
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        if DRAWING.fullmatch(name):
+            os.remove(os.path.join(folder, name))
 
 
 def _draw_worst(rank: int, image: ImageErrors, evaluation: COCOeval, class_names: Sequence[str],
