@@ -188,6 +188,7 @@ def _train(tmp_path, amp: bool, max_iter: int, resume: bool):
     return run_train_net(*(["--resume"] if resume else []), *args)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("first_amp", [True, False], ids=["amp_then_float32", "float32_then_amp"])
 def test_checkpoints_resume_across_precisions(tmp_path, first_amp):
     _train(tmp_path, first_amp, 3, resume=False)
@@ -255,6 +256,7 @@ def test_emulated_autocast_names_the_missing_flags_and_the_keys_that_turn_it_off
     assert emulated_autocast("cuda", torch.bfloat16, without) is None
 
 
+@pytest.mark.e2e
 def test_trainer_evaluation_and_predictor_warn_when_autocast_is_emulated(tmp_path, monkeypatch):
     import retinanet_d2.amp
     from retinanet_d2.predict import Predictor

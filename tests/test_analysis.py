@@ -38,6 +38,7 @@ def test_fig1_curve_values():
     torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float64))
 
 
+@pytest.mark.e2e
 def test_loss_curve_tool_writes_fig1_and_fig5(tmp_path):
     run_tool("tools/plot_loss_curves.py", "--output-dir", str(tmp_path))
     assert_png(tmp_path / "fig1_focal_loss.png")
@@ -68,6 +69,7 @@ def test_hardest_share_is_the_top_five_percent_of_the_loss():
     assert cdfs["hardest_share"]["negative"]["0.0"] == pytest.approx(float(loss[-2:].sum() / loss.sum()))
 
 
+@pytest.mark.e2e
 def test_loss_cdf_tool_on_a_checkpoint(tmp_path):
     cfg = retinanet_d2.load_config(os.path.join(CONFIGS, "shapes_instant_test.yaml"))
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
@@ -79,6 +81,7 @@ def test_loss_cdf_tool_on_a_checkpoint(tmp_path):
         assert set(json.load(f)["positive"]) == {"0.0", "0.5", "1.0", "2.0"}
 
 
+@pytest.mark.e2e
 def test_metrics_tool(tmp_path):
     metrics = tmp_path / "metrics.json"
     records = [{"iteration": i, "total_loss": 2.0 / (i + 1), "loss_cls": 1.0, "loss_box_reg": 1.0, "lr": 0.01}

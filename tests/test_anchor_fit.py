@@ -37,6 +37,7 @@ def small_boxes(tmp_path):
     return tmp_path
 
 
+@pytest.mark.e2e
 def test_boxes_no_anchor_can_match_are_reported_and_a_fitting_setting_suggested(small_boxes):
     report, printed, out = analyse(small_boxes)
     assert report["boxes"] == 4 and report["anchors_per_image"] == ANCHORS_PER_IMAGE
@@ -52,6 +53,7 @@ def test_boxes_no_anchor_can_match_are_reported_and_a_fitting_setting_suggested(
     assert (out / "anchor_fit.png").stat().st_size > 0
 
 
+@pytest.mark.e2e
 def test_the_suggestion_applied_matches_every_box(small_boxes):
     report, _, _ = analyse(small_boxes)
     overrides = [part for line in report["suggestion"]["config_lines"] for part in line.split(": ", 1)]

@@ -2,6 +2,7 @@
 across a resume."""
 import os
 
+import pytest
 import torch
 
 from helpers import INSTANT, REPO, run_train_net
@@ -35,6 +36,7 @@ def assert_same_weights(a, b):
         assert torch.equal(b["model"][name], value), name
 
 
+@pytest.mark.e2e
 def test_model_best_holds_the_best_evaluated_iterations_weights(tmp_path):
     log = run_train_net("--config-file", INSTANT, *EVERY_2, "SOLVER.MAX_ITER", "6",
                         "MODEL.FOCAL_RETINANET.BEST_METRIC", "bbox/AP50", "OUTPUT_DIR", str(tmp_path))
@@ -44,6 +46,7 @@ def test_model_best_holds_the_best_evaluated_iterations_weights(tmp_path):
     assert_same_weights(load(tmp_path / "model_best.pth"), load(tmp_path / f"model_{best:07d}.pth"))
 
 
+@pytest.mark.e2e
 def test_a_resumed_run_keeps_the_best_from_before_the_resume(tmp_path):
     """The metric is the learning rate (stored at every iteration, as an evaluation's would be), which
     falls at iteration 2: the best stays iteration 1's, also after resuming from iteration 3."""
@@ -53,6 +56,7 @@ def test_a_resumed_run_keeps_the_best_from_before_the_resume(tmp_path):
     assert_same_weights(load(tmp_path / "model_best.pth"), load(tmp_path / "model_0000001.pth"))
 
 
+@pytest.mark.e2e
 def test_lazy_config_keeps_the_best_too(tmp_path):
     lazy = os.path.join(REPO, "configs", "lazy", "shapes_demo.py")
     log = run_train_net(

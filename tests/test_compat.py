@@ -37,6 +37,7 @@ def test_numpy_alias_pattern_leaves_sized_types_alone():
     )
 
 
+@pytest.mark.e2e
 def test_detectron2_imports_on_its_own():
     code = (
         "import sys; import detectron2.modeling, detectron2.engine, detectron2.evaluation, "

@@ -66,6 +66,7 @@ def run(config, *argv):
     return train_net_main("--config-file", config, *argv)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["yacs", "lazy"])
 def test_every_feature_under_both_config_kinds(tmp_path, monkeypatch, kind):
     config = INSTANT if kind == "yacs" else LAZY_DEMO
@@ -127,6 +128,7 @@ def test_a_missing_image_is_named_before_training_under_both_kinds(tmp_path, kin
     assert not os.path.exists(tmp_path / "run" / "metrics.json")
 
 
+@pytest.mark.e2e
 def test_stock_default_trainer_trains_and_evaluates_focal_retinanet(tmp_path):
     """detectron2's unmodified DefaultTrainer, a project yacs config, COCOEvaluator."""
     cfg = retinanet_d2.load_config(INSTANT, ["SOLVER.MAX_ITER", "3", "OUTPUT_DIR", str(tmp_path),
@@ -145,6 +147,7 @@ def test_stock_default_trainer_trains_and_evaluates_focal_retinanet(tmp_path):
     assert results["bbox"]["AP50"] >= 0.0  # a number: the evaluator scored FocalRetinaNet's detections
 
 
+@pytest.mark.e2e
 def test_a_lazyconfig_trains_in_a_lazyconfig_train_net_shaped_loop(tmp_path):
     """detectron2's tools/lazyconfig_train_net.py do_train, step for step, on the project's LazyConfig."""
     cfg = LazyConfig.apply_overrides(LazyConfig.load(LAZY_DEMO), [
@@ -173,6 +176,7 @@ def test_a_lazyconfig_trains_in_a_lazyconfig_train_net_shaped_loop(tmp_path):
         assert torch.equal(reloaded.state_dict()[name], value), name
 
 
+@pytest.mark.e2e
 def test_eval_only_builds_the_model_once(tmp_path, monkeypatch):
     weights = tmp_path / "weights.pth"
     torch.save({"model": run_parts(retinanet_d2.load_config(INSTANT)).build_model().state_dict()}, weights)
@@ -183,6 +187,7 @@ def test_eval_only_builds_the_model_once(tmp_path, monkeypatch):
     assert len(builds) == 1
 
 
+@pytest.mark.e2e
 def test_the_engine_imports_no_plotting():
     """A training run imports the engine; matplotlib (the error analysis's figures) only once an analysis runs."""
     code = "import sys, retinanet_d2.engine; print('matplotlib' in sys.modules)"

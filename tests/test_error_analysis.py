@@ -33,6 +33,7 @@ def hand_made(tmp_path):
     return gt, results_file
 
 
+@pytest.mark.e2e
 def test_the_report_of_a_hand_made_result_set(tmp_path):
     gt, results_file = hand_made(tmp_path)
     out = tmp_path / "analysis"
@@ -62,6 +63,7 @@ def test_the_report_of_a_hand_made_result_set(tmp_path):
     assert (out / "pr_curves.png").stat().st_size > 0 and (out / "confusion_matrix.png").stat().st_size > 0
 
 
+@pytest.mark.e2e
 def test_a_missing_results_file_is_named(tmp_path):
     gt, _ = hand_made(tmp_path)
     result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "analyze_errors.py"), "--results",
@@ -70,6 +72,7 @@ def test_a_missing_results_file_is_named(tmp_path):
     assert result.returncode != 0 and "nope.json" in result.stderr and not (tmp_path / "analysis").exists()
 
 
+@pytest.mark.e2e
 def test_train_net_writes_the_analysis_after_evaluation(tmp_path):
     run_train_net("--config-file", INSTANT, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "2",
                   "MODEL.FOCAL_RETINANET.ERROR_ANALYSIS_WORST_IMAGES", "3",
@@ -80,6 +83,7 @@ def test_train_net_writes_the_analysis_after_evaluation(tmp_path):
                for w in report["worst_images"])
 
 
+@pytest.mark.e2e
 def test_an_unreadable_image_is_reported_not_drawn(tmp_path):
     gt, results_file = hand_made(tmp_path)
     (tmp_path / "c.png").write_bytes(b"not an image")

@@ -41,6 +41,7 @@ def test_non_finite_loss_stops_training_naming_iteration_and_term(monkeypatch, t
         trainer.train(0, 3)
 
 
+@pytest.mark.e2e
 def test_resume_after_sigkill_continues_exactly(tmp_path):
     common = ["SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "6",
               "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", *DETERMINISTIC]
@@ -84,6 +85,7 @@ def _train_net_then_report(argv, report_dir):
         f.write(str(dist.is_initialized()))
 
 
+@pytest.mark.e2e
 def test_train_net_in_two_cpu_processes_closes_its_process_group(tmp_path):
     """detectron2's launch on gloo runs train_net.main in 2 processes; each closes its process group
     (gloo threads left to the interpreter's exit can abort a finished worker)."""
@@ -106,6 +108,7 @@ def _split_batch_worker(rank, world_size, init_file, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 def test_batch_split_over_two_processes_gives_the_same_gradients(tmp_path):
     mp.spawn(_split_batch_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     model = well_scaled_model(tiny_cfg())
@@ -126,6 +129,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.e2e
 def test_two_machines_train_together_as_one_process_on_the_whole_batch(tmp_path):
     """train_net.py started twice as two machines (one process each, gloo over TCP), one image each,
     takes the same SGD step as one process on both images (the same initial weights, data stream

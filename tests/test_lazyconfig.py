@@ -57,6 +57,7 @@ def _iterations(log):
     return [int(i) for i in re.findall(r"iter: (\d+)", log)]
 
 
+@pytest.mark.e2e
 def test_lazy_train_resume_and_eval_only(tmp_path):
     out = f"train.output_dir={tmp_path}"
     log = run_train_net("--config-file", LAZY_DEMO, *LAZY_TINY, out, "train.max_iter=4")
@@ -70,6 +71,7 @@ def test_lazy_train_resume_and_eval_only(tmp_path):
     assert [row["class"] for row in report["per_class"]] == ["circle", "square", "triangle"]
 
 
+@pytest.mark.e2e
 def test_lazy_resume_continues_the_image_stream_exactly(tmp_path):
     """A run resumed from its iteration-1 checkpoint ends with the weights and SGD momentum of the
     uninterrupted run (the resumed loader skips the images iterations 0-1 took; flips off, a fixed seed)."""
@@ -92,6 +94,7 @@ def test_lazy_resume_continues_the_image_stream_exactly(tmp_path):
         assert torch.equal(state["momentum_buffer"], split_sgd[key]["momentum_buffer"])
 
 
+@pytest.mark.e2e
 def test_lazy_training_logs_the_validation_loss_of_its_weights(tmp_path):
     """train.validation_loss_period: the logged losses equal those of model_final.pth on dataloader.test."""
     overrides = [*LAZY_TINY, "train.validation_loss_period=2", "train.max_iter=4", "train.eval_period=0"]
@@ -108,6 +111,7 @@ def test_lazy_training_logs_the_validation_loss_of_its_weights(tmp_path):
         assert logged[3][f"validation_{name}"] == pytest.approx(expected[name], rel=1e-5)
 
 
+@pytest.mark.e2e
 def test_lazy_eval_only_loads_weights_in_any_format(tmp_path):
     """train.init_checkpoint goes through RetinaNetCheckpointer (here a detectron2 model-zoo pickle)."""
     model = instantiate(LazyConfig.load(LAZY_DEMO).model)
@@ -119,6 +123,7 @@ def test_lazy_eval_only_loads_weights_in_any_format(tmp_path):
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
 
 
+@pytest.mark.e2e
 def test_lazy_training_in_two_cpu_processes(tmp_path):
     log = run_train_net("--config-file", LAZY_DEMO, "--num-gpus", "2", *LAZY_TINY, f"train.output_dir={tmp_path}", "train.max_iter=2")
     assert max(_iterations(log)) == 1 and os.path.isfile(tmp_path / "model_final.pth")
@@ -133,6 +138,7 @@ def own_coco_files():
     return files
 
 
+@pytest.mark.e2e
 def test_own_coco_data_from_the_command_line_yacs_and_lazy(tmp_path):
     (train_json, train_images), (val_json, val_images) = own_coco_files()
     datasets = ["--dataset", "mine_train", train_json, train_images, "--dataset", "mine_val", val_json, val_images]
@@ -155,6 +161,7 @@ def test_own_coco_data_from_the_command_line_yacs_and_lazy(tmp_path):
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
 
 
+@pytest.mark.e2e
 def test_own_data_with_the_wrong_class_count_is_named(tmp_path):
     (train_json, train_images), _ = own_coco_files()
     result = subprocess.run(

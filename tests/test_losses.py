@@ -147,6 +147,7 @@ def test_a_failing_compile_falls_back_to_eager_once_and_says_so(monkeypatch, cap
                for r in caplog.records)
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile's CPU backend needs a C++ compiler (the fallback is tested above)")
 def test_compiled_kernels_equal_eager_kernels(monkeypatch):

@@ -58,6 +58,7 @@ def trained_folder(tmp_path, max_iter=6):
     return folder
 
 
+@pytest.mark.e2e
 def test_a_kill_while_extending_a_run_loses_no_checkpoint_and_resume_goes_on(tmp_path):
     folder = trained_folder(tmp_path)
     before = {name: (folder / name).read_bytes() for name in ("model_0000005.pth", "model_final.pth")}
@@ -82,6 +83,7 @@ def truncate(path):
     path.write_bytes(data[: len(data) // 2])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", ["truncated newest", "empty last_checkpoint"])
 def test_resume_uses_the_newest_readable_checkpoint_and_names_the_broken_one(tmp_path, damage):
     folder = trained_folder(tmp_path)
@@ -102,6 +104,7 @@ def test_resume_uses_the_newest_readable_checkpoint_and_names_the_broken_one(tmp
     assert iteration_of(folder / "model_final.pth") == 6
 
 
+@pytest.mark.e2e
 def test_weights_errors_name_their_source_and_a_truncated_archive(tmp_path):
     folder = trained_folder(tmp_path, max_iter=3)
     truncate(folder / "model_final.pth")
@@ -111,6 +114,7 @@ def test_weights_errors_name_their_source_and_a_truncated_archive(tmp_path):
     assert f"MODEL.WEIGHTS={folder / 'model_final.pth'}: a truncated or corrupt torch archive" in result.stderr
 
 
+@pytest.mark.e2e
 def test_a_second_run_into_a_trained_folder_is_refused_and_changes_nothing(tmp_path):
     folder = trained_folder(tmp_path, max_iter=3)
     before = {name: (folder / name).read_bytes() for name in os.listdir(folder) if os.path.isfile(folder / name)}
@@ -143,6 +147,7 @@ def next_learning_rates(checkpoint):
     return sorted({group["lr"] for group in state["trainer"]["_trainer"]["optimizer"]["param_groups"]})
 
 
+@pytest.mark.e2e
 def test_resume_with_a_lower_base_lr_trains_at_the_lower_lr(tmp_path):
     folder = trained_folder(tmp_path, max_iter=4)
     every_iteration = ["SOLVER.CHECKPOINT_PERIOD", "1"]
@@ -161,6 +166,7 @@ LAZY_TINY = ["dataloader.train.dataset.names=shapes_tiny_train", "dataloader.tra
              "train.checkpointer.period=2", "train.log_period=1"]
 
 
+@pytest.mark.e2e
 def test_lazy_resume_with_a_lower_lr_trains_at_the_lower_lr(tmp_path):
     out = f"train.output_dir={tmp_path}"
     run_train_net("--config-file", LAZY_DEMO, *LAZY_TINY, out, "train.max_iter=2")
@@ -173,6 +179,7 @@ def test_lazy_resume_with_a_lower_lr_trains_at_the_lower_lr(tmp_path):
     assert not (tmp_path / "config.yaml.pkl").exists()
 
 
+@pytest.mark.e2e
 def test_a_broken_dataset_fails_before_iteration_0_naming_every_bad_file(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -208,6 +215,7 @@ def test_unknown_lazy_train_key_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_eval_without_weights_or_with_missing_layers_is_refused_unless_asked(tmp_path):
     no_weights = train_net_process("--config-file", INSTANT, "--eval-only", "OUTPUT_DIR", str(tmp_path / "a"))
     assert no_weights.returncode != 0 and "--eval-only without weights" in no_weights.stderr
@@ -225,6 +233,7 @@ def test_eval_without_weights_or_with_missing_layers_is_refused_unless_asked(tmp
     assert asked.returncode == 0, asked.stderr[-2000:]
 
 
+@pytest.mark.e2e
 def test_predict_refuses_to_overwrite_its_inputs_and_to_run_untrained(tmp_path):
     folder = trained_folder(tmp_path, max_iter=1)
     photos = tmp_path / "photos"

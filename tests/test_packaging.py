@@ -32,6 +32,7 @@ def repository_configs():
                   if f.endswith((".yaml", ".py")))
 
 
+@pytest.mark.e2e
 def test_the_wheel_declares_the_runtime_requirements_and_carries_every_config(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
@@ -50,6 +51,7 @@ def test_the_wheel_declares_the_runtime_requirements_and_carries_every_config(wh
         == repository_configs()
 
 
+@pytest.mark.e2e
 def test_the_installed_package_finds_its_configs_by_name(wheel, tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), wheel],

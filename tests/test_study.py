@@ -91,6 +91,7 @@ def test_paper_grid_settings_are_distinct_and_complete():
     assert {"CE a0.25", "CE a0.5", "CE a0.75", "CE a0.9", "FL g0.5 a.25", "FL g1.0 a.25", "FL g5.0 a.25"} <= set(names)
 
 
+@pytest.mark.e2e
 def test_tool_trains_a_tiny_grid_for_real(tmp_path):
     from helpers import load_tool
 

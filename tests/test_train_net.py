@@ -20,6 +20,7 @@ from weights_files import detectron_blobs, randomize_norms, write_pickle
 
 
 
+@pytest.mark.e2e
 def test_train_then_eval_only_from_the_checkpoint(tmp_path):
     keep_all = ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]  # a 10-iteration model: keep every candidate
     log = run_train_net("--config-file", INSTANT, "OUTPUT_DIR", str(tmp_path), *keep_all)
@@ -86,6 +87,7 @@ def test_num_classes_that_disagrees_with_the_dataset_is_named(tmp_path):
         train_net_main("--config-file", INSTANT, "MODEL.RETINANET.NUM_CLASSES", "80", "OUTPUT_DIR", str(tmp_path))
 
 
+@pytest.mark.e2e
 def test_demo_trains_evaluates_and_draws(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "demo.py"), "--config-file", INSTANT, "--images", "3",
@@ -100,6 +102,7 @@ def test_demo_trains_evaluates_and_draws(tmp_path):
         assert image.format == "PNG" and image.size == (4 * 128, 128)  # 3 images on a 4-column grid
 
 
+@pytest.mark.e2e
 def test_eval_only_with_a_detectron_pickle_gives_the_reference_detections(tmp_path):
     """--eval-only MODEL.WEIGHTS=<Detectron pickle> evaluates the same detections as the
     detectron2 checkpoint it was made from (Detectron has no GroupNorm: frozen BN, plain head)."""
@@ -126,6 +129,7 @@ def test_eval_only_with_a_detectron_pickle_gives_the_reference_detections(tmp_pa
         assert box == pytest.approx(ref_box, abs=1e-2) and score == pytest.approx(ref_score, abs=1e-5)
 
 
+@pytest.mark.e2e
 def test_eval_only_with_a_detectron2_zoo_pickle_gives_detectron2s_own_detections(tmp_path):
     """--eval-only MODEL.WEIGHTS=<detectron2 model-zoo pickle of detectron2's own RetinaNet> writes
     the detections that detectron2's RetinaNet makes on the same test images."""
@@ -159,6 +163,7 @@ def test_eval_only_with_a_detectron2_zoo_pickle_gives_detectron2s_own_detections
         assert matched_fraction((boxes, scores, [contiguous[i] for i in ids]), (ref_boxes, ref_scores, ref_ids)) >= 0.99
 
 
+@pytest.mark.e2e
 def test_training_starts_from_a_detectron_pickle(tmp_path):
     """Fine-tuning: the training loop's checkpointer reads MODEL.WEIGHTS in other formats too (one step
     at learning rate 0 leaves the loaded weights as they are)."""

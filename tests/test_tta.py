@@ -70,6 +70,7 @@ def test_empty_sizes_are_refused():
         FocalRetinaNetWithTTA(cfg, model)
 
 
+@pytest.mark.e2e
 def test_train_net_eval_reports_tta_beside_plain(tmp_path):
     run_train_net("--config-file", INSTANT, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "1",
                   "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(112, 128)", "TEST.AUG.MAX_SIZE", "200",

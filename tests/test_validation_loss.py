@@ -26,6 +26,7 @@ def test_mean_losses_average_the_images():
         assert value == pytest.approx((float(each[0][name]) + float(each[1][name])) / 2, rel=1e-6)
 
 
+@pytest.mark.e2e
 def test_train_net_logs_the_validation_loss_of_its_weights(tmp_path):
     run_train_net("--config-file", INSTANT, "OUTPUT_DIR", str(tmp_path), "MODEL.FOCAL_RETINANET.VALIDATION_LOSS_PERIOD",
                   "20", "SOLVER.MAX_ITER", "50", "SOLVER.CHECKPOINT_PERIOD", "50",

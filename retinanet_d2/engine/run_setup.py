@@ -16,7 +16,6 @@ import fcntl
 import logging
 import os
 import shutil
-import socket
 import time
 
 import torch
@@ -32,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 BEST_MODES = ("max", "min")
 CONFIG_FILE = "config.yaml"
-LOCK_FILE = ".retinanet_d2.lock"  # held by the training run that writes into the folder
 # What a run writes into its output folder and what --start-over moves away.
 RUN_FILES = ("last_checkpoint", CONFIG_FILE, "metrics.json", "log.txt", "inference")
 
@@ -60,34 +58,28 @@ def holds_checkpoints(folder: str) -> bool:
 
 @contextlib.contextmanager
 def output_dir_lock(folder: str, key: str):
-    """Hold ``folder``'s lock file (LOCK_FILE, an exclusive flock, main process only) while the
-    block runs: a second training run into the same folder is refused (RuntimeError naming ``key``
-    and the running process) instead of overwriting the first one's checkpoints. The kernel drops
-    the lock when the holder exits, so a crashed run leaves nothing stuck. NotADirectoryError when
-    ``folder`` is a file."""
+    """Hold an exclusive lock on the folder ``folder`` itself (flock on the directory, main process
+    only; nothing is written into it) while the block runs: a second training run into the same folder
+    is refused (RuntimeError naming ``key``) instead of overwriting the first one's checkpoints. The
+    kernel drops the lock when the holder exits, so a killed run leaves nothing stuck.
+    NotADirectoryError when ``folder`` is a file."""
     if not comm.is_main_process() or not folder:
         yield
         return
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise NotADirectoryError(f"{key}={folder} is a file, not a folder; choose another {key}")
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, LOCK_FILE)
-    with open(path, "a+", encoding="utf-8") as handle:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RuntimeError(f"{key}={folder} is in use by a running training run ({holder}); two runs in one "
-                               f"folder would overwrite each other's checkpoints. Wait for it, or choose another {key}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            raise RuntimeError(f"{key}={folder} is in use by another running training run (it holds the folder's "
+                               f"lock); two runs in one folder would overwrite each other's checkpoints. Wait for it "
+                               f"to end, or choose another {key}") from None
+        yield
+    finally:
+        os.close(handle)  # releases the lock
 
 
 def prepare_output_dir(folder: str, *, resume: bool, start_over: bool, key: str) -> None:
