@@ -4,7 +4,6 @@ removed when the session ends; the checkout's root (train_net.py) is importable.
 Two tiers: tests marked ``e2e`` start processes (train_net.py or a tool as a command, several
 training processes); the rest run in this process. ``make test`` runs both, ``make test-fast`` the
 second alone. A test that starts a process without the marker fails, so the fast tier stays fast."""
-import logging
 import multiprocessing.process
 import os
 import shutil
@@ -40,19 +39,11 @@ def _processes_only_in_e2e_tests(request, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _logging_as_it_was():
-    """train_net.main run in this process sets up detectron2's loggers (handlers to the console and
-    the run's log.txt, propagation off, cached by output folder); each test ends with them as they
-    were, so that a later test's caplog sees their records and a later run into a path that an
-    earlier test used gets its own log.txt."""
-    from detectron2.utils.logger import setup_logger
-
-    loggers = [logging.getLogger(name) for name in ("detectron2", "fvcore", "retinanet_d2")]
-    saved = [(logger.propagate, list(logger.handlers), logger.level) for logger in loggers]
+    """Each test ends with detectron2's loggers as a fresh process has them (helpers.reset_logging)."""
     yield
-    for logger, (propagate, handlers, level) in zip(loggers, saved):
-        logger.propagate, logger.handlers[:] = propagate, handlers
-        logger.setLevel(level)
-    setup_logger.cache_clear()
+    from helpers import reset_logging
+
+    reset_logging()
 
 
 def pytest_unconfigure(config):

@@ -1,6 +1,7 @@
 """Tiny models for CPU tests: R18 + FPN 32 channels + 1-conv heads, with weights scaled so that
 activations stay O(1) and scores are spread (no ties from saturated sigmoids)."""
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -33,15 +34,54 @@ def train_net_process(*args, **kwargs):
                           capture_output=True, text=True, cwd=REPO, **kwargs)
 
 
+def reset_logging():
+    """detectron2's loggers as a fresh process has them. train_net.main sets them up (handlers to the
+    console and the run's log.txt, propagation off) and caches that by output folder, and the open
+    log.txt streams by path: a second run in this process into a folder whose log.txt was moved
+    (--start-over) or removed would write into the old file, and caplog would see no record."""
+    from detectron2.utils import logger as detectron2_logger
+
+    for name in ("detectron2", "fvcore", "retinanet_d2"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+    detectron2_logger.setup_logger.cache_clear()
+    detectron2_logger._cached_log_stream.cache_clear()
+
+
 def train_net_main(*args):
-    """train_net.main with the command line ``args``, in this process (what it returns; what it raises)."""
+    """train_net.main with the command line ``args``, in this process as in a new one (logging set up
+    afresh); what it returns, what it raises."""
     import train_net
 
+    reset_logging()
     return train_net.main(train_net.argument_parser().parse_args(list(args)))
 
 
+def _output_dir(args) -> str:
+    """The output folder a train_net.py command line names (OUTPUT_DIR X or train.output_dir=X)."""
+    for i, arg in enumerate(args):
+        if arg == "OUTPUT_DIR":
+            return args[i + 1]
+        if arg.startswith("train.output_dir="):
+            return arg.split("=", 1)[1]
+    raise ValueError(f"no OUTPUT_DIR / train.output_dir in {args}")
+
+
 def run_train_net(*args):
-    """train_net.py with ``args``, which must succeed; its output (stdout and stderr)."""
+    """train_net.py's main with ``args`` in this process, which must succeed; what the run logged
+    (its part of OUTPUT_DIR/log.txt: detectron2's and this project's log lines)."""
+    log = os.path.join(_output_dir(args), "log.txt")
+    start = os.path.getsize(log) if os.path.isfile(log) else 0
+    train_net_main(*args)
+    with open(log, encoding="utf-8") as f:
+        f.seek(start)
+        return f.read()
+
+
+def run_train_net_process(*args):
+    """train_net.py with ``args`` as a command (a new process), which must succeed; its output."""
     result = train_net_process(*args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr

@@ -15,7 +15,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.events import EventStorage
 
 import retinanet_d2
-from helpers import CONFIGS, INSTANT, REPO, image_with_boxes, run_train_net, well_scaled_model
+from helpers import CONFIGS, INSTANT, REPO, image_with_boxes, run_train_net, run_train_net_process, well_scaled_model
 from retinanet_d2.checkpoint import load_model_weights
 from retinanet_d2.data.shapes import SPLITS, default_root, generate_split, split_paths
 from retinanet_d2.validation_loss import instantiate_validation_loader, mean_losses
@@ -125,7 +125,7 @@ def test_lazy_eval_only_loads_weights_in_any_format(tmp_path):
 
 @pytest.mark.e2e
 def test_lazy_training_in_two_cpu_processes(tmp_path):
-    log = run_train_net("--config-file", LAZY_DEMO, "--num-gpus", "2", *LAZY_TINY, f"train.output_dir={tmp_path}", "train.max_iter=2")
+    log = run_train_net_process("--config-file", LAZY_DEMO, "--num-gpus", "2", *LAZY_TINY, f"train.output_dir={tmp_path}", "train.max_iter=2")
     assert max(_iterations(log)) == 1 and os.path.isfile(tmp_path / "model_final.pth")
 
 
