@@ -38,11 +38,18 @@ def test_sums_equal_detectron2s_dense_box_regression_loss(kind, beta):
 
 
 def test_the_model_builds_the_configured_loss_and_trains_with_it():
+    """loss_box_reg of a CIoU model = detectron2's dense CIoU loss over the model's own foreground
+    anchors, divided by their number (the paper's normaliser)."""
     model = build_model(tiny_cfg(**{"MODEL.RETINANET.BBOX_REG_LOSS_TYPE": "ciou"})).train()
     assert isinstance(model.box_loss, IoUBoxLoss) and model.box_loss.kind == "ciou"
     with EventStorage():
-        losses = model([image_with_boxes(seed=0)])
-    assert torch.isfinite(losses["loss_box_reg"]) and 0 < float(losses["loss_box_reg"])
+        outputs = model.dense_outputs([image_with_boxes(seed=0)])
+        losses = model.losses(outputs)
+    foreground = (outputs.labels >= 0) & (outputs.labels < model.num_classes)
+    reference = _dense_box_regression_loss([Boxes(outputs.anchors)], model.box2box_transform, [outputs.deltas],
+                                           list(outputs.matched_boxes), foreground, box_reg_loss_type="ciou")
+    assert int(foreground.sum()) > 0
+    torch.testing.assert_close(losses["loss_box_reg"], reference / foreground.sum(), rtol=1e-5, atol=0)
     default = build_model(tiny_cfg())
     assert isinstance(default.box_loss, SmoothL1BoxLoss) and default.box_loss.beta == 0.0
 

@@ -25,15 +25,27 @@ def test_ohem_with_a_foreground_ratio():
     assert ohem_select(LOSSES, BOXES, LABELS, 2, batch_size=4, fg_fraction=0.25, nms_thresh=0.7).tolist() == [3, 1, 2]
 
 
-def test_ohem_model_trains_a_step_with_finite_losses():
+def test_ohem_model_normalises_by_the_anchors_it_selected():
+    """OHEM_BATCH_SIZE_PER_IMAGE 16 on two images with thousands of candidates: 32 anchors selected,
+    and the model's losses are the loss sums over them divided by 32."""
     cfg = tiny_cfg(**{"MODEL.FOCAL_RETINANET.LOSS": "ohem", "MODEL.RETINANET.FOCAL_LOSS_GAMMA": 0.0,
-                      "MODEL.RETINANET.FOCAL_LOSS_ALPHA": -1.0})
+                      "MODEL.RETINANET.FOCAL_LOSS_ALPHA": -1.0, "MODEL.FOCAL_RETINANET.OHEM_BATCH_SIZE_PER_IMAGE": 16})
     model = well_scaled_model(cfg)
     model.train()
+    batch = [image_with_boxes(seed=0), image_with_boxes(seed=1)]
     with EventStorage():
-        losses = model([image_with_boxes(seed=0), image_with_boxes(seed=1)])
-    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+        outputs = model.dense_outputs(batch)
+        losses = model.losses(outputs)
+        foreground = (outputs.labels >= 0) & (outputs.labels < model.num_classes)
+        fg_anchors = outputs.anchors.expand(2, -1, -1)[foreground]
+        box_losses = model.box_losses(fg_anchors, outputs.deltas[foreground], outputs.matched_boxes[foreground])
+        sums = model.classification_loss(outputs, foreground, box_losses)
+    assert int(sums.count) == 2 * 16
+    torch.testing.assert_close(losses["loss_cls"], sums.cls / 32, rtol=1e-6, atol=0)
+    torch.testing.assert_close(losses["loss_box_reg"], sums.box / 32, rtol=1e-6, atol=0)
+    assert 0 < float(sums.box) < float(box_losses.sum())  # some foreground anchors selected, not all
     sum(losses.values()).backward()
+    assert model.head.cls_score.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,12 @@
 import pytest
 import torch
 
-from detectron2.structures import Boxes, Instances
+from detectron2.modeling.matcher import Matcher
+from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from helpers import image_with_boxes, tiny_cfg, well_scaled_model
+from retinanet_d2.modeling import assignment
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +65,59 @@ def test_degenerate_boxes_are_dropped_or_clipped(model):
     assert_finite_and_flowing(model, train_step(model, [record]))
 
 
-def test_boxes_far_smaller_and_larger_than_any_anchor(model):
-    record = with_boxes([[10, 10, 10.5, 10.5], [0, 0, 224, 160]], [0, 1])
+def anchors_of(model, height, width):
+    features = model.backbone(torch.zeros(1, 3, height, width))
+    return Boxes.cat(model.anchor_generator([features[f] for f in model.head_in_features])).tensor
+
+
+def reference_labels(model, anchors, boxes, classes, image_size):
+    """Labels by detectron2's own Matcher (0.4 / 0.5, low-quality matches) on the full IoU matrix of
+    the boxes clipped to the image (as the model clips them)."""
+    clipped = Boxes(boxes.clone())
+    clipped.clip(image_size)
+    matcher = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)
+    idxs, match = matcher(pairwise_iou(clipped, Boxes(anchors)))
+    labels = torch.full((anchors.shape[0],), model.num_classes, dtype=torch.int64)
+    labels[match == 1] = classes[idxs[match == 1]]
+    labels[match == -1] = -1
+    return labels
+
+
+@pytest.mark.parametrize("box", [[10, 10, 10.5, 10.5], [0, 0, 224, 160]], ids=["half_pixel", "whole_image"])
+def test_boxes_far_smaller_and_larger_than_any_anchor(model, box):
+    """A 0.5 px box, and one as large as the image, each get exactly their highest-IoU anchors as
+    foreground (low-quality matches: no anchor reaches IoU 0.5 with the tiny one), as detectron2's
+    Matcher labels them, with the box as their regression target."""
+    record = with_boxes([box], [3])
+    anchors = anchors_of(model, 160, 224)
+    labels, matched, _ = model.label_anchors(anchors, [record["instances"]])
+    assert torch.equal(labels[0], reference_labels(model, anchors, torch.tensor([box]), torch.tensor([3]), (160, 224)))
+    iou = pairwise_iou(Boxes(torch.tensor([box])), Boxes(anchors))[0]
+    best = (iou == iou.max()).nonzero().flatten()
+    foreground = (labels[0] == 3).nonzero().flatten()
+    assert len(best) >= 1 and set(best.tolist()) <= set(foreground.tolist())
+    if box[2] - box[0] < 1:
+        assert torch.equal(foreground, best)  # the tiny box: its best anchors and no other
+    assert torch.equal(matched[0, foreground], torch.tensor([box]).expand(len(foreground), 4))
     assert_finite_and_flowing(model, train_step(model, [record]))
 
 
-def test_thousands_of_boxes(model):
+def test_thousands_of_boxes(model, monkeypatch):
+    """3000 boxes: the labels equal detectron2's Matcher on the whole 3000 x R IoU matrix, while the
+    matcher never holds more than MATCHER_CHUNK_BOXES rows of it (memory O(chunk x R))."""
     generator = torch.Generator().manual_seed(0)
     xy = torch.rand(3000, 2, generator=generator) * torch.tensor([200.0, 140.0])
     boxes = torch.cat([xy, xy + 4 + torch.rand(3000, 2, generator=generator) * 20], dim=1)
-    record = with_boxes(boxes.tolist(), (torch.arange(3000) % 5).tolist())
+    classes = torch.arange(3000) % 5
+    record = with_boxes(boxes.tolist(), classes.tolist())
+    anchors = anchors_of(model, 160, 224)
+    rows = []
+    real_iou = assignment.pairwise_iou
+    monkeypatch.setattr(assignment, "pairwise_iou", lambda a, b: rows.append(len(a)) or real_iou(a, b))
+    labels, _, _ = model.label_anchors(anchors, [record["instances"]])
+    monkeypatch.undo()
+    assert max(rows) == model.matcher_chunk_boxes == 256 and sum(rows) == 2 * 3000  # two passes, in chunks
+    assert torch.equal(labels[0], reference_labels(model, anchors, boxes, classes, (160, 224)))
     assert_finite_and_flowing(model, train_step(model, [record]))
 
 
@@ -87,5 +132,14 @@ def test_inference_on_odd_image_sizes(model, height, width):
 
 
 def test_odd_training_image_size(model):
+    """45 x 61: the anchors cover the padded image (64 x 64: the backbone's size divisibility) and
+    the labels equal detectron2's Matcher's."""
     record = with_boxes([[2, 3, 30, 40]], [2], height=45, width=61)
+    images = model.preprocess_image([record])
+    assert tuple(images.tensor.shape[-2:]) == (64, 64)
+    features = model.backbone(images.tensor)
+    anchors = Boxes.cat(model.anchor_generator([features[f] for f in model.head_in_features])).tensor
+    labels, _, _ = model.label_anchors(anchors, [record["instances"]])
+    expected = reference_labels(model, anchors, torch.tensor([[2.0, 3, 30, 40]]), torch.tensor([2]), (45, 61))
+    assert torch.equal(labels[0], expected) and (labels[0] == 2).sum() >= 1
     assert_finite_and_flowing(model, train_step(model, [record]))
