@@ -2,6 +2,8 @@
 detections) and export by tracing (TorchScript, ONNX) compared with the eager model."""
 import json
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -12,12 +14,12 @@ from torchvision.models.detection import retinanet_resnet50_fpn
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.utils.testing import convert_scripted_instances
+from detectron2.structures import Boxes, Instances
 
 import retinanet_d2
 from helpers import REPO, image_with_boxes, load_tool, tiny_cfg, well_scaled_model
 from retinanet_d2.checkpoint import RetinaNetCheckpointer
-from retinanet_d2.export import export_onnx, script, trace
+from retinanet_d2.export import TRACED_OUTPUTS, export_onnx, script, trace
 from retinanet_d2.predict import IMAGE_IDS_FILE, RESULTS_FILE, image_ids
 from detections import HEIGHT, WIDTH, assert_same_detection_sets, torchvision_detections
 from weights_files import detectron_blobs, randomize_norms, torchvision_reference, write_pickle
@@ -113,9 +115,50 @@ def test_onnx_matches_the_eager_model(traced_tiny_model, image, tmp_path):
     path = str(tmp_path / "model.onnx")
     export_onnx(adapter, image_with_boxes(**IMAGES[0])["image"], path)
     session = onnxruntime.InferenceSession(path)
+    assert [o.name for o in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == list(TRACED_OUTPUTS)  # documented names, in order
     x = image_with_boxes(**image)["image"]
     outputs = [torch.from_numpy(o) for o in session.run(None, {"image": x.numpy()})]
     assert_same(*eager_and_exported(model, adapter, outputs, x), atol=1e-2)
+
+
+# A fresh process that imports only torch and torchvision (for its nms op), as a deployment would.
+FRESH_PROCESS = """
+import sys, torch, torchvision
+model, x = torch.jit.load(sys.argv[1]), torch.load(sys.argv[2])
+with torch.no_grad():
+    out = model([{"image": x}])[0] if sys.argv[4] == "scripting" else list(model(x))
+torch.save(out, sys.argv[3])
+print(sorted(name for name in sys.modules if name.split(".")[0] in ("detectron2", "retinanet_d2")))
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("method", ["scripting", "tracing"])
+def test_an_export_runs_in_a_fresh_process_with_torch_and_torchvision_only(tmp_path, method):
+    """The saved module loads and runs where neither detectron2 nor this package is imported (a
+    scripted model used to fail there: its output was a class only the exporting process knew)."""
+    model = well_scaled_model(tiny_cfg()).eval()
+    x = image_with_boxes(seed=3)["image"]
+    if method == "scripting":
+        script(model).save(str(tmp_path / "model.ts"))
+    else:
+        traced, adapter = trace(model, image_with_boxes(seed=0)["image"])
+        traced.save(str(tmp_path / "model.ts"))
+    torch.save(x, tmp_path / "x.pt")
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "model.ts"), str(tmp_path / "x.pt"),
+                             str(tmp_path / "out.pt"), method], capture_output=True, text=True, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    if method == "tracing":
+        assert_same(*eager_and_exported(model, adapter, out, x), atol=1e-4)
+        return
+    assert sorted(out) == ["pred_boxes", "pred_classes", "scores"]
+    exported = detector_postprocess(Instances(x.shape[1:], pred_boxes=Boxes(out["pred_boxes"]), scores=out["scores"],
+                                              pred_classes=out["pred_classes"]), *x.shape[1:])
+    with torch.no_grad():
+        assert_same(model([{"image": x}])[0]["instances"], exported, atol=1e-4)
 
 
 def test_export_tool_writes_a_torchscript_that_matches_the_model(tmp_path):
@@ -174,7 +217,9 @@ def scripted_detections(scripted, images):
     (detector_postprocess to the input size: clipped, empty boxes dropped), as tensors per image."""
     with torch.no_grad():
         results = scripted([{"image": x} for x in images])
-    processed = [detector_postprocess(convert_scripted_instances(r), *x.shape[1:]) for r, x in zip(results, images)]
+    processed = [detector_postprocess(Instances(x.shape[1:], pred_boxes=Boxes(r["pred_boxes"]), scores=r["scores"],
+                                                pred_classes=r["pred_classes"]), *x.shape[1:])
+                 for r, x in zip(results, images)]
     return [(r.pred_boxes.tensor, r.scores, r.pred_classes) for r in processed]
 
 

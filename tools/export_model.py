@@ -10,9 +10,11 @@ scripting with detectron2's scripting_with_instances.
         --output exported/ MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
 
 Writes OUTPUT/model.ts, and OUTPUT/model.onnx with --onnx. Traced: input one (3, H, W) float image in
-cfg.INPUT.FORMAT and 0-255 range, already resized as at test time; outputs the detections' boxes
-(XYXY, input pixels), classes and scores, flattened as TracingAdapter lists them. Scripted: input
-[{"image": (3, H, W)}, ...], output one Instances per image (see retinanet_d2/export.py).
+cfg.INPUT.FORMAT and 0-255 range, already resized as at test time; outputs pred_boxes (D, 4; XYXY,
+input pixels), pred_classes (D,), scores (D,) and image_size (2,) (the ONNX output names). Scripted:
+input [{"image": (3, H, W)}, ...], output one {"pred_boxes", "scores", "pred_classes"} dict per image
+(see retinanet_d2/export.py). Load either with `import torch, torchvision; torch.jit.load(...)`:
+torchvision provides the nms op; detectron2 is not needed.
 """
 import argparse
 import os
