@@ -17,6 +17,7 @@ from detectron2.utils import comm
 import retinanet_d2
 from retinanet_d2.config_files import find_config_file
 from retinanet_d2.data import register_coco_dataset
+from retinanet_d2.data.checks import allow_image_pixels
 from retinanet_d2.engine import evaluate, run_parts, train
 from retinanet_d2.engine.run_setup import output_dir_lock, prepare_output_dir, seed_run, setup_logging
 
@@ -56,13 +57,18 @@ def setup(args):
 
 def argument_parser():
     """detectron2's default_argument_parser with --dataset NAME JSON IMAGE_DIR (repeatable),
-    --start-over and --allow-random-weights."""
+    --max-image-pixels, --start-over and --allow-random-weights."""
     parser = default_argument_parser()
     parser.add_argument(
         "--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
         help="register a COCO-format dataset (instances json + image folder) as NAME before the "
         "loaders are built; then name it in DATASETS.TRAIN / DATASETS.TEST (yacs) or "
         "dataloader.train.dataset.names / dataloader.test.dataset.names (LazyConfig)",
+    )
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=0, metavar="N",
+        help="read images of up to N pixels (Pillow refuses more than ~179 million by default, as a guard "
+        "against decompression bombs); for your own large scenes",
     )
     parser.add_argument(
         "--start-over", action="store_true",
@@ -90,6 +96,8 @@ def main(args):
 
 def train_or_evaluate(args):
     """Register the --dataset entries, then train or evaluate as the config and flags say."""
+    if getattr(args, "max_image_pixels", 0):
+        allow_image_pixels(args.max_image_pixels)
     for name, json_file, image_root in getattr(args, "dataset", []):  # in every process
         register_coco_dataset(name, json_file, image_root)
     with setup(args) as (parts, model):

@@ -54,6 +54,19 @@ def list_images(inputs: Iterable[str]) -> List[str]:
     return paths
 
 
+def require_writable_folder(folder: str, key: str) -> None:
+    """Create ``folder`` if needed; PermissionError / NotADirectoryError naming ``key`` when it cannot
+    be written into (checked before a model is loaded, not at the first file written)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(f"{key} {folder} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise type(error)(f"{key} {folder}: cannot create it ({error.strerror}); choose another folder") from error
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{key} {folder}: this user cannot write into it; choose another folder")
+
+
 def image_ids(paths: List[str]) -> List[int]:
     """COCO image id of each path: the file names' numbers when all are numbers and no two are the
     same number (COCO's own files, 000000000139.jpg -> 139), else 1..N in order (1.png and 001.png

@@ -18,8 +18,8 @@ from detectron2.modeling import build_model
 
 from coco_files import box, image_record, write_coco, write_image
 from helpers import INSTANT, REPO, tiny_cfg, train_net_main
-from retinanet_d2.data.checks import DatasetError, check_coco_dataset
-from retinanet_d2.predict import Predictor, image_ids, predict_files
+from retinanet_d2.data.checks import DatasetError, allow_image_pixels, check_coco_dataset
+from retinanet_d2.predict import Predictor, image_ids, predict_files, require_writable_folder
 
 
 def one_image_dataset(folder, name, size=(40, 30), **record):
@@ -213,3 +213,52 @@ def test_a_shipped_config_named_without_its_path_trains(tmp_path, monkeypatch):
         "OUTPUT_DIR", str(tmp_path / "run"))
     assert os.path.isfile(tmp_path / "run" / "model_final.pth")
     assert "Contents of args.config_file=" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_a_file_listed_twice_is_named(tmp_path):
+    """Two records of one picture: each record's ground truth would meet the other's detections as
+    false positives."""
+    write_image(tmp_path / "a.png")
+    json_file = write_coco(tmp_path, [image_record(1, "a.png"), image_record(2, "a.png")],
+                           [box(1, 1, [2, 2, 10, 10]), box(2, 2, [2, 2, 10, 10])])
+    with pytest.raises(DatasetError, match=r"1 files listed more than once: a.png \(image ids \[1, 2\]\)"):
+        check_coco_dataset(str(json_file), str(tmp_path))
+
+
+def test_a_split_without_annotations_is_refused_before_it_gives_nan(tmp_path):
+    write_image(tmp_path / "a.png")
+    json_file = write_coco(tmp_path, [image_record(1, "a.png")], [])
+    with pytest.raises(DatasetError, match=r"no annotations: 1 images and no boxes.*tools/predict.py"):
+        check_coco_dataset(str(json_file), str(tmp_path))
+
+
+def test_a_box_whose_segmentation_detectron2_would_drop_is_counted_in_the_warning(tmp_path, caplog):
+    """A 2-point "polygon" beside a valid bbox: detectron2's loader drops the annotation, box included."""
+    write_image(tmp_path / "a.png")
+    annotations = [{**box(1, 1, [2, 2, 10, 10]), "segmentation": [[2, 2, 12, 12]]},
+                   {**box(2, 1, [5, 5, 10, 10]), "segmentation": [[5, 5, 15, 5, 15, 15]]}]
+    json_file = write_coco(tmp_path, [image_record(1, "a.png")], annotations)
+    import logging
+    logger = logging.getLogger("retinanet_d2.data.checks")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        counts = check_coco_dataset(str(json_file), str(tmp_path))
+    assert counts["dropped_boxes"] == 1
+    assert "annotation id=1 (image_id=1): its 'segmentation' has no polygon of 3 or more points" in caplog.text
+    from detectron2.data.datasets import load_coco_json
+    assert [a["bbox"] for a in load_coco_json(str(json_file), str(tmp_path))[0]["annotations"]] == [[5, 5, 10, 10]]
+
+
+def test_an_image_above_pillows_limit_is_named_with_the_way_to_allow_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # as if 40 x 30 were a 14,000 px scene
+    write_image(tmp_path / "a.png")
+    json_file = one_image_dataset(tmp_path, "a.png")
+    with pytest.raises(DatasetError, match=r"a.png: Image size \(1200 pixels\) exceeds limit.*--max-image-pixels N"):
+        check_coco_dataset(str(json_file), str(tmp_path))
+    allow_image_pixels(1200)
+    assert check_coco_dataset(str(json_file), str(tmp_path))["images"] == 1
+
+
+def test_predict_names_an_output_folder_it_cannot_create_before_loading_a_model(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=rf"--output {tmp_path / 'a_file' / 'out'}: cannot create it"):
+        require_writable_folder(str(tmp_path / "a_file" / "out"), "--output")

@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import retinanet_d2  # noqa: E402
-from retinanet_d2.predict import Predictor, list_images, predict_files  # noqa: E402
+from retinanet_d2.data.checks import allow_image_pixels  # noqa: E402
+from retinanet_d2.predict import Predictor, list_images, predict_files, require_writable_folder  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,9 +29,14 @@ def main(argv=None) -> int:
     parser.add_argument("--draw-threshold", type=float, default=0.5, help="lowest score drawn")
     parser.add_argument("--allow-random-weights", action="store_true",
                         help="run without MODEL.WEIGHTS, or with weights that leave layers uninitialised")
+    parser.add_argument("--max-image-pixels", type=int, default=0, metavar="N",
+                        help="read images of up to N pixels (Pillow refuses more than ~179 million by default)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     setup_logger(name="retinanet_d2")
+    if args.max_image_pixels:
+        allow_image_pixels(args.max_image_pixels)
+    require_writable_folder(args.output, "--output")  # before the model loads
     cfg = retinanet_d2.load_config(args.config_file, args.opts)
     cfg.freeze()
 

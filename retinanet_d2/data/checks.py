@@ -7,8 +7,11 @@ annotation ids): duplicate image or annotation ids, annotations of unknown image
 malformed boxes (not 4 finite numbers), images without width/height, missing or unreadable images,
 images whose size differs from the JSON's (compared after the EXIF orientation, as detectron2 reads
 them; a JSON in the stored orientation is told so), 16-bit, 32-bit and float images (detectron2 reads
-them as blank 8-bit ones), JPEG/PNG files cut short (their end marker missing and a decode failing).
-Warnings: boxes that training drops (no area, or nothing left inside the image), counted.
+them as blank 8-bit ones), images above Pillow's size limit (``--max-image-pixels`` raises it), the
+same file listed twice, a dataset without annotations, JPEG/PNG files cut short (their end marker
+missing and a decode failing).
+Warnings: boxes that training drops (no area, or nothing left inside the image; a 'segmentation'
+without a valid polygon, for which detectron2 drops the whole annotation), counted.
 """
 import json
 import logging
@@ -33,7 +36,8 @@ PNG_END = b"IEND\xaeB`\x82"
 
 
 class DatasetError(ValueError):
-    """A dataset that would fail during training; the message lists every problem found."""
+    """A dataset that would fail, or give wrong numbers, in training or evaluation; the message lists
+    every problem found."""
 
 
 def image_problem(path: str, width: Optional[int], height: Optional[int]) -> Optional[str]:
@@ -48,6 +52,8 @@ def image_problem(path: str, width: Optional[int], height: Optional[int]) -> Opt
             rotated = image.getexif().get(EXIF_ORIENTATION, 1) in EXIF_TRANSPOSING
             if not _ends_whole(path, kind):
                 image.load()  # a file cut short fails here ("image file is truncated")
+    except Image.DecompressionBombError as error:
+        return f"{error}; if the file is yours, allow larger images with --max-image-pixels N"
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
         return f"unreadable ({type(error).__name__}: {error})"
     if mode in HIGH_DEPTH_MODES:
@@ -60,6 +66,15 @@ def image_problem(path: str, width: Optional[int], height: Optional[int]) -> Opt
                     "in the rotated picture) or save the pixels rotated without the EXIF tag")
         return f"is {size[0]}x{size[1]}, the JSON says {width}x{height}" + (" (after its EXIF rotation)" if rotated else "")
     return None
+
+
+def allow_image_pixels(limit: int) -> None:
+    """Let Pillow (which detectron2 reads images with) open images of up to ``limit`` pixels: its
+    decompression-bomb guard refuses more than twice Image.MAX_IMAGE_PIXELS (~179 million by default).
+    Process-wide: for --max-image-pixels, which a user passes for their own large images."""
+    if limit <= 0:
+        raise ValueError(f"--max-image-pixels must be > 0, got {limit}")
+    Image.MAX_IMAGE_PIXELS = limit // 2  # Pillow raises above twice its limit (it warns above the limit itself)
 
 
 def pixel_depth_problem(mode: str) -> Optional[str]:
@@ -99,6 +114,15 @@ def _dropped_by_training(bbox, width, height) -> bool:
     return min(x + w, width) <= max(x, 0) or min(y + h, height) <= max(y, 0)
 
 
+def _no_valid_polygon(segmentation) -> bool:
+    """Whether a polygon 'segmentation' (a list of [x1, y1, x2, y2, ...]) has no polygon that
+    detectron2's load_coco_json keeps (an even number of >= 6 coordinates); RLE dicts and an absent
+    key are fine."""
+    if not isinstance(segmentation, list):
+        return False
+    return not any(isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6 for p in segmentation)
+
+
 def _summary(kind: str, examples: List[str]) -> str:
     shown = "; ".join(examples[:SHOWN]) + ("; ..." if len(examples) > SHOWN else "")
     return f"{len(examples)} {kind}: {shown}"
@@ -125,6 +149,11 @@ def check_coco_dataset(json_file: str, image_root: str, workers: int = 8) -> Dic
         for duplicate in sorted((i for i, n in counts.items() if n > 1), key=str):
             problems[f"duplicate {kind} ids"].append(f"id={duplicate} ({counts[duplicate]} times)")
     sizes = {r.get("id"): (r.get("width"), r.get("height")) for r in images}
+    files = Counter(r.get("file_name") for r in images)
+    for name in sorted((n for n, count in files.items() if count > 1), key=str):
+        ids = [r.get("id") for r in images if r.get("file_name") == name]
+        problems["files listed more than once"].append(
+            f"{name} (image ids {ids}): each record's ground truth is evaluated against all of its detections")
     for record in images:
         if record.get("width") is None or record.get("height") is None:
             problems["images without width/height"].append(
@@ -144,6 +173,9 @@ def check_coco_dataset(json_file: str, image_root: str, workers: int = 8) -> Dic
             problems["malformed boxes"].append(f"{where}: {problem}")
         elif not annotation.get("iscrowd", 0) and _dropped_by_training(bbox, *sizes[annotation["image_id"]]):
             dropped.append(f"{where}: {bbox}")
+        elif _no_valid_polygon(annotation.get("segmentation")):
+            dropped.append(f"{where}: its 'segmentation' has no polygon of 3 or more points, so detectron2's "
+                           "loader drops the whole annotation, box included (remove the 'segmentation' key to keep the box)")
 
     paths = [os.path.join(image_root, r.get("file_name", "")) for r in images]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -152,12 +184,17 @@ def check_coco_dataset(json_file: str, image_root: str, workers: int = 8) -> Dic
         if problem:
             problems["bad images"].append(f"{path}: {problem}")
 
+    if images and not annotations:
+        problems["no annotations"].append(
+            f"{len(images)} images and no boxes: nothing to train on, and COCO metrics against it are NaN (to "
+            "detect objects on unlabelled images use tools/predict.py)")
     if problems:
         lines = "\n".join("  " + _summary(kind, examples) for kind, examples in problems.items())
-        raise DatasetError(f"{json_file} (images in {image_root}) would fail during training:\n{lines}")
+        raise DatasetError(f"{json_file} (images in {image_root}) would fail during training or give wrong metrics:\n{lines}")
     if dropped:
         logger.warning(
-            f"{json_file}: training drops {len(dropped)} of {len(annotations)} boxes (no area inside "
-            f"the image); COCO evaluation still counts them. " + _summary("dropped", dropped)
+            f"{json_file}: training drops {len(dropped)} of {len(annotations)} boxes (no area inside the image, "
+            f"or a 'segmentation' without a valid polygon); COCO evaluation still counts them. "
+            + _summary("dropped", dropped)
         )
     return {"images": len(images), "annotations": len(annotations), "dropped_boxes": len(dropped)}

@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 from detectron2.utils import comm
 
-from .checks import DatasetError, check_coco_dataset
+from .checks import DatasetError, allow_image_pixels, check_coco_dataset
 
 from .shapes import CLASSES, SPLITS, ShapesSplit, default_root, generate_split, split_paths
 
@@ -122,16 +122,20 @@ register_shapes(default_root())
 
 
 def add_dataset_arguments(parser, what: str) -> None:
-    """The tools' dataset arguments: --dataset NAME JSON IMAGE_DIR (repeatable, as train_net.py's)
-    and --dataset-name, the dataset ``what`` is done to."""
+    """The tools' dataset arguments: --dataset NAME JSON IMAGE_DIR (repeatable) and --max-image-pixels,
+    as train_net.py's, and --dataset-name, the dataset ``what`` is done to."""
     parser.add_argument("--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
                         help="register a COCO-format dataset first (as train_net.py --dataset)")
+    parser.add_argument("--max-image-pixels", type=int, default=0, metavar="N",
+                        help="read images of up to N pixels (Pillow refuses more than ~179 million by default)")
     parser.add_argument("--dataset-name", help=f"the dataset {what} (default: the config's DATASETS.TRAIN[0])")
 
 
 def chosen_dataset(args, cfg) -> str:
-    """Register the datasets of ``args.dataset`` (checked); the name of ``args.dataset_name`` or the
-    config's first training dataset."""
+    """Register the datasets of ``args.dataset`` (checked, images up to ``args.max_image_pixels``); the
+    name of ``args.dataset_name`` or the config's first training dataset."""
+    if args.max_image_pixels:
+        allow_image_pixels(args.max_image_pixels)
     for name, json_file, image_root in args.dataset:
         register_coco_dataset(name, json_file, image_root)
     return args.dataset_name or cfg.DATASETS.TRAIN[0]
