@@ -3,7 +3,7 @@ step trainers are engine/step.py's) and inference (``MODEL.FOCAL_RETINANET.TEST_
 
 CPUs with bfloat16 units (``amx_bf16``, ``avx512_bf16``) gain as much from bfloat16 autocast as a GPU
 from float16; on other CPUs torch emulates it, slowly (``emulated_autocast``). The model computes its
-losses and decodes its detections in float32 from upcast predictions (modeling/losses.py,
+losses and decodes its detections in float32 from upcast predictions (modeling/precision.py,
 meta_arch.py), so only the convolutions run in reduced precision.
 """
 import contextlib

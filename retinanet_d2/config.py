@@ -36,7 +36,7 @@ def add_retinanet_config(cfg: CN) -> CN:
     if "FOCAL_RETINANET" in cfg.MODEL:
         return cfg
     node = cfg.MODEL.FOCAL_RETINANET = CN()
-    # Classification loss (modeling/dense_losses.py): "focal" (FL, alpha/gamma from MODEL.RETINANET.FOCAL_LOSS_*; gamma 0 is
+    # Classification loss (modeling/losses/dense.py): "focal" (FL, alpha/gamma from MODEL.RETINANET.FOCAL_LOSS_*; gamma 0 is
     # alpha-balanced CE), "focal_star" (FL*, paper Appendix A, with STAR_GAMMA / STAR_BETA) or
     # "ohem" (Table 1(d): the FL of FOCAL_LOSS_* -- plain CE with alpha -1, gamma 0 -- on the
     # OHEM-selected anchors only, normalised by their number).

@@ -9,7 +9,7 @@ from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 from helpers import image_with_boxes, tiny_cfg
-from retinanet_d2.modeling.box_losses import IoUBoxLoss, SmoothL1BoxLoss, build_box_loss
+from retinanet_d2.modeling.losses import IoUBoxLoss, SmoothL1BoxLoss, build_box_loss
 
 
 def random_boxes(n, generator, scale=100.0):

@@ -1,4 +1,4 @@
-"""The loss objects' contract (dense_losses.py) on hand-built batches: counts, sums and OHEM's selection
+"""The loss objects' contract (modeling/losses/dense.py) on hand-built batches: counts, sums and OHEM's selection
 for every implementation; and MODEL.FOCAL_RETINANET.FAR_NEGATIVE_WEIGHT (m): the classification loss
 of background anchors that overlap no box weighed m times. m = 1 is the paper's loss bit for bit;
 m > 1 equals the explicitly weighted elementwise sum; the far anchors are exactly those with IoU 0
@@ -11,7 +11,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from helpers import image_with_boxes, tiny_cfg
-from retinanet_d2.modeling.dense_losses import (
+from retinanet_d2.modeling.losses import (
     DenseLoss, DenseOutputs, FocalLoss, FocalLossStar, OhemLoss, build_classification_loss,
 )
 from retinanet_d2.modeling.losses import focal_loss_from_labels, sigmoid_focal_loss, sigmoid_focal_loss_star

@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 
 import retinanet_d2  # noqa: F401  (registers FocalRetinaNet)
 from helpers import image_with_boxes
-from retinanet_d2.modeling.dense_losses import FocalLoss
+from retinanet_d2.modeling.losses import FocalLoss
 from retinanet_d2.modeling.meta_arch import FocalRetinaNet
 
 

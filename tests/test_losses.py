@@ -118,7 +118,7 @@ def test_fl_star_with_beta_zero_equals_fvcore():
 
 def test_a_failing_compile_falls_back_to_eager_once_and_says_so(monkeypatch, caplog):
     """Without a working compiler: eager results, one warning naming the kernel, no second try."""
-    from retinanet_d2.modeling.compiled import COMPILE_MIN_ELEMENTS, ElementwiseCompiler
+    from retinanet_d2.modeling.losses.compiled import COMPILE_MIN_ELEMENTS, ElementwiseCompiler
 
     attempts = []
 
@@ -135,7 +135,7 @@ def test_a_failing_compile_falls_back_to_eager_once_and_says_so(monkeypatch, cap
     def double(inputs):
         return inputs * 2
 
-    logger = logging.getLogger("retinanet_d2.modeling.compiled")  # train_net's setup stops propagation
+    logger = logging.getLogger("retinanet_d2.modeling.losses.compiled")  # train_net's setup stops propagation
     logger.addHandler(caplog.handler)
     try:
         for _ in range(2):
@@ -151,7 +151,7 @@ def test_a_failing_compile_falls_back_to_eager_once_and_says_so(monkeypatch, cap
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile's CPU backend needs a C++ compiler (the fallback is tested above)")
 def test_compiled_kernels_equal_eager_kernels(monkeypatch):
-    from retinanet_d2.modeling.compiled import COMPILE_MIN_ELEMENTS, run_elementwise
+    from retinanet_d2.modeling.losses.compiled import COMPILE_MIN_ELEMENTS, run_elementwise
 
     generator = torch.Generator().manual_seed(2)
     logits = torch.randn(COMPILE_MIN_ELEMENTS // 8 + 1, 8, generator=generator) * 5

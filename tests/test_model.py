@@ -15,7 +15,7 @@ import retinanet_d2
 from helpers import CONFIGS, as_detectron2_retinanet, image_with_boxes, tiny_cfg, well_scaled_model
 from retinanet_d2.modeling.anchors import OctaveAnchorGenerator
 from retinanet_d2.modeling.backbone import P6P7TopBlock
-from retinanet_d2.modeling.dense_losses import FocalLoss, FocalLossStar, OhemLoss
+from retinanet_d2.modeling.losses import FocalLoss, FocalLossStar, OhemLoss
 from retinanet_d2.modeling.folded_conv import FrozenBNFoldedConv2d, fold_frozen_batchnorm
 from retinanet_d2.modeling.head import FocalRetinaNetHead
 from retinanet_d2.modeling.meta_arch import FocalRetinaNet

@@ -4,7 +4,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from helpers import image_with_boxes, tiny_cfg, well_scaled_model
-from retinanet_d2.modeling.ohem import ohem_select
+from retinanet_d2.modeling.losses.ohem import ohem_select
 
 # Five anchors: 0 and 1 overlap with IoU 0.9; the others are apart. Label 2 is background (K = 2).
 BOXES = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 9], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70]])

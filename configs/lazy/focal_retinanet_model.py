@@ -9,7 +9,7 @@ from detectron2.modeling.matcher import Matcher
 
 from retinanet_d2.modeling.anchors import OctaveAnchorGenerator
 from retinanet_d2.modeling.backbone import focal_retinanet_fpn
-from retinanet_d2.modeling.dense_losses import FocalLoss
+from retinanet_d2.modeling.losses import FocalLoss
 from retinanet_d2.modeling.head import FocalRetinaNetHead
 from retinanet_d2.modeling.meta_arch import FocalRetinaNet
 

@@ -25,7 +25,7 @@ class AutocastForward(nn.Module):
 
 class AutocastTrainer(SimpleTrainer):
     """detectron2's SimpleTrainer with the forward pass under bfloat16 autocast (AutocastForward); the
-    losses are computed from upcast predictions in float32 (modeling/losses.py), and bfloat16 has
+    losses are computed from upcast predictions in float32 (modeling/precision.py), and bfloat16 has
     float32's range, so no loss scaling is needed."""
 
     def __init__(self, model, data_loader, optimizer, *, device_type: str):

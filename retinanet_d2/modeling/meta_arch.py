@@ -3,8 +3,8 @@
 A drop-in for detectron2's ``RetinaNet``: the constructor takes RetinaNet's keyword arguments
 (backbone, head, anchor generator, box transform, ``anchor_matcher``, ...), so any detectron2 config
 that builds a RetinaNet builds this by naming it. What it adds: the classification loss as an
-injected object (``classification_loss``: FL, FL* or OHEM, dense_losses.py; ``box_loss``: smooth L1 / L1,
-GIoU, DIoU, CIoU, box_losses.py), normalised by the exact
+injected object (``classification_loss``: FL, FL* or OHEM, losses/dense.py; ``box_loss``: smooth L1 / L1,
+GIoU, DIoU, CIoU, losses/box.py), normalised by the exact
 foreground count of the batch (all-reduced, §3/§4) instead of detectron2's moving average; anchor
 assignment over chunks of boxes (bounded memory); per-level score thresholds; optional clipping
 before NMS (for converted models). Inference: per level, scores above the threshold, the top
@@ -29,11 +29,10 @@ from detectron2.utils.events import get_event_storage
 
 from ..config import DEFAULTS, naming_config_keys, retinanet_node
 from .assignment import match_anchors
-from .box_losses import build_box_loss
-from .dense_losses import DenseOutputs, FocalLoss, build_classification_loss
 from .float32_norm import keep_group_norms_in_float32
 from .head import FocalRetinaNetHead
-from .losses import at_least_float32
+from .losses import DenseOutputs, FocalLoss, build_box_loss, build_classification_loss
+from .precision import at_least_float32
 
 def concat_levels(per_level: List[Tensor], dim: int) -> Tensor:
     """(N, A*dim, Hi, Wi) per level -> (N, sum(Hi*Wi*A), dim), detectron2's anchor order."""
@@ -144,9 +143,9 @@ class FocalRetinaNet(DenseDetector):
             vis_period: accepted for detectron2's signature; unused, as in detectron2's RetinaNet.
             input_format: "BGR" or "RGB", for visualisation.
         Args (this project's):
-            classification_loss: a dense_losses loss object (FocalLoss, FocalLossStar, OhemLoss);
+            classification_loss: a losses/dense.py loss object (FocalLoss, FocalLossStar, OhemLoss);
                 default FocalLoss(alpha=focal_loss_alpha, gamma=focal_loss_gamma).
-            box_loss: a box_losses object (SmoothL1BoxLoss, IoUBoxLoss); default the one of
+            box_loss: a losses/box.py object (SmoothL1BoxLoss, IoUBoxLoss); default the one of
                 box_reg_loss_type and smooth_l1_beta (with one, they must stay at their defaults).
             matcher_chunk_boxes: boxes per IoU block in anchor assignment (bounds memory).
             clip_boxes_before_nms: clip decoded boxes to the image before NMS.

@@ -6,7 +6,7 @@
   one-hot copy in memory, no saved intermediates.
 
 One kernel family computes FL's values and gradients from logits and targets; the label form feeds it
-the one-hot targets inside the (compiled, compiled.py) kernel. The backward pass recomputes from the
+the one-hot targets inside the (compiled: compiled.py) kernel. The backward pass recomputes from the
 saved logits.
 
 Every loss computes in at least float32: half-precision logits (under autocast) are upcast first, so
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..precision import at_least_float32
 from .compiled import run_elementwise
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -57,11 +58,6 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     if reduction == "sum":
         return loss.sum()
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """``x`` as float32 if it is float16 or bfloat16 (an autocast output), else unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _flush_subnormal(x: Tensor) -> Tensor:

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from detectron2.config import configurable
 
-from ..config import DEFAULTS, retinanet_node
-from .losses import (
+from ...config import DEFAULTS, retinanet_node
+from .maths import (
     check_fl_star_args,
     check_focal_loss_args,
     focal_loss_from_labels,
