@@ -79,7 +79,8 @@ def image_ids(paths: List[str]) -> List[int]:
 
 class Predictor(DefaultPredictor):
     """detectron2's DefaultPredictor (its attributes, its call: an (H, W, 3) uint8 BGR image ->
-    {"instances": detections in the image's pixels}) for a yacs config or a LazyConfig: the weights
+    {"instances": detections in the image's pixels}) for a yacs config or a LazyConfig (the call is
+    its own: detectron2's reads yacs keys): the weights
     (MODEL.WEIGHTS / train.init_checkpoint) loaded with RetinaNetCheckpointer (every format it reads),
     images resized as at test time, inference under the test AMP setting.
 
@@ -106,9 +107,13 @@ class Predictor(DefaultPredictor):
             warn_if_emulated(settings.device, settings.amp_dtype)
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Instances]:
+        """DefaultPredictor's call (which reads yacs keys): (H, W, 3) BGR -> {"instances": detections in
+        the image's pixels}, under autocast with the test AMP setting."""
         settings = self.parts.settings
-        with autocast_if(settings.test_amp, settings.device, settings.amp_dtype):
-            return super().__call__(original_image)
+        height, width = original_image.shape[:2]
+        with torch.no_grad(), autocast_if(settings.test_amp, settings.device, settings.amp_dtype):
+            image = self.preprocess(original_image).to(next(self.model.parameters()).device)
+            return self.model([{"image": image, "height": height, "width": width}])[0]
 
     def preprocess(self, image_bgr: np.ndarray) -> torch.Tensor:
         """(H, W, 3) BGR image -> (3, H', W') float tensor in the model's format, resized as at test time

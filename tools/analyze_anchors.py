@@ -14,13 +14,12 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from detectron2.data import DatasetCatalog  # noqa: E402
+from detectron2.data import DatasetCatalog
 
-import retinanet_d2  # noqa: E402
-from retinanet_d2.analysis.anchor_fit import AnchorGrid, measure, plot_fit, suggest_anchors, training_boxes  # noqa: E402
-from retinanet_d2.atomic import atomic_open  # noqa: E402
-from retinanet_d2.data.register import add_dataset_arguments, chosen_dataset  # noqa: E402
+import retinanet_d2
+from retinanet_d2.analysis.anchor_fit import AnchorGrid, measure, plot_fit, suggest_anchors, training_boxes
+from retinanet_d2.atomic import atomic_open
+from retinanet_d2.data.register import add_dataset_arguments, chosen_dataset
 
 
 def main(argv=None) -> int:

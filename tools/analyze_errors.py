@@ -15,11 +15,10 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import retinanet_d2  # noqa: E402,F401  (registers the demo's datasets)
-from retinanet_d2.analysis.error_report import analyze_dataset_errors  # noqa: E402
-from retinanet_d2.config import retinanet_node, DEFAULTS  # noqa: E402
-from retinanet_d2.data import register_coco_dataset  # noqa: E402
+import retinanet_d2  # noqa: F401  (registers the demo's datasets)
+from retinanet_d2.analysis.error_report import analyze_dataset_errors
+from retinanet_d2.config import retinanet_node, DEFAULTS
+from retinanet_d2.data import register_coco_dataset
 
 _NODE = retinanet_node(DEFAULTS)
 

@@ -13,19 +13,18 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
-from detectron2.structures import BoxMode  # noqa: E402
-from detectron2.utils.visualizer import Visualizer  # noqa: E402
+import cv2
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.structures import BoxMode
+from detectron2.utils.visualizer import Visualizer
 
-import retinanet_d2  # noqa: E402
-from retinanet_d2.atomic import atomic_path  # noqa: E402
-from retinanet_d2.data.register import add_dataset_arguments, chosen_dataset  # noqa: E402
-from retinanet_d2.data.mapper import FileNamingDatasetMapper  # noqa: E402
-from retinanet_d2.visualize import class_colors  # noqa: E402
+import retinanet_d2
+from retinanet_d2.atomic import atomic_path
+from retinanet_d2.data.register import add_dataset_arguments, chosen_dataset
+from retinanet_d2.data.mapper import FileNamingDatasetMapper
+from retinanet_d2.visualize import class_colors
 
 
 def annotated(record, class_names):

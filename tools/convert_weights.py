@@ -9,11 +9,9 @@ OUT ending in .pkl: a detectron2 model-zoo pickle; otherwise a torch.save file. 
 config matching the source (configs/torchvision/*.yaml, configs/detectron/*.yaml).
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from retinanet_d2.checkpoint.convert import convert_weights_file  # noqa: E402
+from retinanet_d2.checkpoint.convert import convert_weights_file
 
 
 def main(argv=None) -> int:

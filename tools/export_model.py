@@ -20,13 +20,12 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from detectron2.data.detection_utils import read_image  # noqa: E402
+from detectron2.data.detection_utils import read_image
 
-import retinanet_d2  # noqa: E402
-from retinanet_d2.atomic import atomic_path  # noqa: E402
-from retinanet_d2.export import export_onnx, script, trace  # noqa: E402
-from retinanet_d2.predict import Predictor  # noqa: E402
+import retinanet_d2
+from retinanet_d2.atomic import atomic_path
+from retinanet_d2.export import export_onnx, script, trace
+from retinanet_d2.predict import Predictor
 
 
 def main(argv=None) -> int:

@@ -10,15 +10,13 @@ Writes OUTPUT/<image name> (detections scoring >= --draw-threshold), OUTPUT/coco
 Files that cannot be read as images are reported by name and skipped; the exit status is then 1.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils.logger import setup_logger
 
-import retinanet_d2  # noqa: E402
-from retinanet_d2.data.checks import allow_image_pixels  # noqa: E402
-from retinanet_d2.predict import Predictor, list_images, predict_files, require_writable_folder  # noqa: E402
+import retinanet_d2
+from retinanet_d2.data.checks import allow_image_pixels
+from retinanet_d2.predict import Predictor, list_images, predict_files, require_writable_folder
 
 
 def main(argv=None) -> int:
