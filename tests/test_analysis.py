@@ -38,6 +38,30 @@ def test_fig1_curve_values():
     torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float64))
 
 
+def test_fig1_and_fig5_draw_the_papers_curves(tmp_path):
+    """What the figures show, line by line, against the paper's formulas in NumPy: Fig. 1 FL = -(1 -
+    p_t)^gamma log p_t for gamma 0, .5, 1, 2, 5; Fig. 5 CE, FL gamma 2 and FL* = -log(sigmoid(gamma
+    x_t + beta)) / gamma for its four settings."""
+    import numpy as np
+
+    from retinanet_d2.analysis.curves import FIG1_GAMMAS, FIG5_SETTINGS, plot_focal_loss, plot_focal_loss_star
+
+    lines = plot_focal_loss(str(tmp_path / "fig1.png")).axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["γ = 0 (CE)", "γ = 0.5", "γ = 1", "γ = 2", "γ = 5"]
+    for gamma, line in zip(FIG1_GAMMAS, lines):
+        p_t, loss = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+        assert len(p_t) == 500 and 0 < p_t.min() and p_t.max() < 1
+        np.testing.assert_allclose(loss, -((1 - p_t) ** gamma) * np.log(p_t), rtol=1e-12)
+    lines = plot_focal_loss_star(str(tmp_path / "fig5.png")).axes[0].get_lines()
+    x_t = np.asarray(lines[0].get_xdata())
+    log_sigmoid = lambda z: -np.logaddexp(0, -z)  # noqa: E731
+    expected = [-log_sigmoid(x_t), -((1 - np.exp(log_sigmoid(x_t))) ** 2) * log_sigmoid(x_t)]
+    expected += [-log_sigmoid(gamma * x_t + beta) / gamma for gamma, beta in FIG5_SETTINGS]
+    assert len(lines) == len(expected) == 6
+    for line, values in zip(lines, expected):
+        np.testing.assert_allclose(np.asarray(line.get_ydata()), values, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.e2e
 def test_loss_curve_tool_writes_fig1_and_fig5(tmp_path):
     run_tool("tools/plot_loss_curves.py", "--output-dir", str(tmp_path))

@@ -3,6 +3,7 @@ for several (gamma, beta), next to FL and CE)."""
 from typing import Sequence, Tuple
 
 import torch
+from matplotlib.figure import Figure
 
 from ..modeling.losses import sigmoid_focal_loss, sigmoid_focal_loss_star
 from .figures import new_figure, save_figure
@@ -18,8 +19,9 @@ def focal_loss_curve(gamma: float, points: int = 500) -> Tuple[torch.Tensor, tor
     return p_t, sigmoid_focal_loss(logits, torch.ones_like(p_t), alpha=-1, gamma=gamma)
 
 
-def plot_focal_loss(path: str, gammas: Sequence[float] = FIG1_GAMMAS) -> None:
-    """Fig. 1: FL against the probability of the ground-truth class, one curve per gamma (PNG)."""
+def plot_focal_loss(path: str, gammas: Sequence[float] = FIG1_GAMMAS) -> Figure:
+    """Fig. 1: FL against the probability of the ground-truth class, one curve per gamma, written to
+    ``path`` (PNG); the figure is returned."""
     figure, axis = new_figure(figsize=(6, 4.5))
     for gamma in gammas:
         p_t, loss = focal_loss_curve(gamma)
@@ -28,10 +30,12 @@ def plot_focal_loss(path: str, gammas: Sequence[float] = FIG1_GAMMAS) -> None:
     axis.set_title("Focal loss FL(p_t) = -(1 - p_t)^γ log(p_t)")
     axis.legend()
     save_figure(figure, path, dpi=120)
+    return figure
 
 
-def plot_focal_loss_star(path: str, settings: Sequence[Tuple[float, float]] = FIG5_SETTINGS) -> None:
-    """Fig. 5: FL* against x_t = y x for several (gamma, beta), next to CE and FL (gamma 2) (PNG)."""
+def plot_focal_loss_star(path: str, settings: Sequence[Tuple[float, float]] = FIG5_SETTINGS) -> Figure:
+    """Fig. 5: FL* against x_t = y x for several (gamma, beta), next to CE and FL (gamma 2), written to
+    ``path`` (PNG); the figure is returned."""
     x_t = torch.linspace(-10, 10, 400, dtype=torch.float64)
     positive = torch.ones_like(x_t)
     figure, axis = new_figure(figsize=(6, 4.5))
@@ -44,3 +48,4 @@ def plot_focal_loss_star(path: str, settings: Sequence[Tuple[float, float]] = FI
     axis.set_title("FL* = -log(σ(γ x_t + β)) / γ")
     axis.legend()
     save_figure(figure, path, dpi=120)
+    return figure
