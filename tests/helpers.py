@@ -18,6 +18,15 @@ from lab.reference import detectron2_retinanet_cfg
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 INSTANT = os.path.join(CONFIGS, "shapes_instant_test.yaml")
+LAZY_DEMO = os.path.join(CONFIGS, "lazy", "shapes_demo.py")
+# The LazyConfig demo shrunk to the tiny splits and 128-px images, as INSTANT is for yacs.
+LAZY_TINY = [
+    "dataloader.train.dataset.names=shapes_tiny_train", "dataloader.test.dataset.names=shapes_tiny_val",
+    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+    "dataloader.train.mapper.augmentations.0.short_edge_length=[128]", "dataloader.train.mapper.augmentations.0.max_size=128",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=128", "dataloader.test.mapper.augmentations.0.max_size=128",
+    "train.checkpointer.period=2", "train.log_period=1",
+]
 
 
 def load_tool(name):
@@ -134,6 +143,17 @@ def image_with_boxes(height=160, width=224, seed=0):
     instances.gt_boxes.clip((height, width))
     instances.gt_classes = torch.tensor([0, 2, 4])
     return {"image": image, "instances": instances, "height": height, "width": width}
+
+
+def own_coco_files():
+    """[(json, image folder)] of the tiny train and val splits, as a user's own COCO-format dataset."""
+    from retinanet_d2.data.shapes import SPLITS, default_root, generate_split, split_paths
+
+    files = []
+    for name in ("shapes_tiny_train", "shapes_tiny_val"):
+        generate_split(default_root(), SPLITS[name])
+        files.append(split_paths(default_root(), SPLITS[name]))
+    return files
 
 
 def cpuinfo_files(folder):

@@ -17,29 +17,12 @@ from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 
 import retinanet_d2
 import train_net
-from helpers import CONFIGS, INSTANT, REPO, train_net_main
+from helpers import INSTANT, LAZY_DEMO, LAZY_TINY, REPO, own_coco_files, train_net_main
 from retinanet_d2.checkpoint import load_model_weights
-from retinanet_d2.data.shapes import SPLITS, default_root, generate_split, split_paths
 from retinanet_d2.engine import run_parts
 from retinanet_d2.modeling.meta_arch import FocalRetinaNet
 from retinanet_d2.predict import Predictor
 
-LAZY_DEMO = os.path.join(CONFIGS, "lazy", "shapes_demo.py")
-LAZY_TINY = [  # the LazyConfig demo on 128-px images, as configs/shapes_instant_test.yaml for yacs
-    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
-    "dataloader.train.mapper.augmentations.0.short_edge_length=[128]", "dataloader.train.mapper.augmentations.0.max_size=128",
-    "dataloader.test.mapper.augmentations.0.short_edge_length=128", "dataloader.test.mapper.augmentations.0.max_size=128",
-    "train.checkpointer.period=2", "train.log_period=1", "train.seed=1",
-]
-
-
-def tiny_split_files():
-    """(json, image folder) of the tiny train and val splits, as a user's own COCO files."""
-    files = []
-    for name in ("shapes_tiny_train", "shapes_tiny_val"):
-        generate_split(default_root(), SPLITS[name])
-        files.append(split_paths(default_root(), SPLITS[name]))
-    return files
 
 
 def every_feature(kind: str, out: str, train_name: str, val_name: str):
@@ -53,7 +36,8 @@ def every_feature(kind: str, out: str, train_name: str, val_name: str):
                 "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2", "MODEL.RESNETS.NORM", "BN",
                 "MODEL.FOCAL_RETINANET.VALIDATION_LOSS_PERIOD", "2", "MODEL.FOCAL_RETINANET.BEST_METRIC", "bbox/AP50",
                 "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
-    return [*LAZY_TINY, f"dataloader.train.dataset.names={train_name}", f"dataloader.test.dataset.names={val_name}",
+    return [*LAZY_TINY, "train.seed=1", f"dataloader.train.dataset.names={train_name}",
+            f"dataloader.test.dataset.names={val_name}",
             f"train.output_dir={out}", "train.max_iter=4", "train.eval_period=2",
             "train.tta.enabled=True", "train.tta.min_sizes=[112,128]", "train.tta.max_size=200",
             "train.precise_bn.enabled=True", "train.precise_bn.num_iter=2",
@@ -70,7 +54,7 @@ def run(config, *argv):
 @pytest.mark.parametrize("kind", ["yacs", "lazy"])
 def test_every_feature_under_both_config_kinds(tmp_path, monkeypatch, kind):
     config = INSTANT if kind == "yacs" else LAZY_DEMO
-    (train_json, train_images), (val_json, val_images) = tiny_split_files()
+    (train_json, train_images), (val_json, val_images) = own_coco_files()
     names = (f"mine_{kind}_train", f"mine_{kind}_val")
     datasets = ["--dataset", names[0], train_json, train_images, "--dataset", names[1], val_json, val_images]
     out = str(tmp_path / f"run_{kind}")  # a folder of its own: detectron2's setup_logger caches one per path
@@ -116,7 +100,7 @@ def test_every_feature_under_both_config_kinds(tmp_path, monkeypatch, kind):
 
 @pytest.mark.parametrize("kind", ["yacs", "lazy"])
 def test_a_missing_image_is_named_before_training_under_both_kinds(tmp_path, kind):
-    (train_json, train_images), _ = tiny_split_files()
+    (train_json, train_images), _ = own_coco_files()
     records = json.load(open(train_json, encoding="utf-8"))
     records["images"][1]["file_name"] = "gone.png"
     broken = tmp_path / "broken.json"

@@ -15,21 +15,12 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.events import EventStorage
 
 import retinanet_d2
-from helpers import CONFIGS, INSTANT, REPO, image_with_boxes, run_train_net, run_train_net_process, well_scaled_model
+from helpers import (CONFIGS, INSTANT, LAZY_DEMO, LAZY_TINY, REPO, image_with_boxes, own_coco_files, run_train_net,
+                     run_train_net_process, well_scaled_model)
 from retinanet_d2.checkpoint import load_model_weights
-from retinanet_d2.data.shapes import SPLITS, default_root, generate_split, split_paths
 from retinanet_d2.validation_loss import instantiate_validation_loader, mean_losses
 from weights_files import randomize_norms
 
-LAZY_DEMO = os.path.join(CONFIGS, "lazy", "shapes_demo.py")
-# The LazyConfig demo shrunk to the tiny splits and a few iterations.
-LAZY_TINY = [
-    "dataloader.train.dataset.names=shapes_tiny_train", "dataloader.test.dataset.names=shapes_tiny_val",
-    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
-    "dataloader.train.mapper.augmentations.0.short_edge_length=[128]", "dataloader.train.mapper.augmentations.0.max_size=128",
-    "dataloader.test.mapper.augmentations.0.short_edge_length=128", "dataloader.test.mapper.augmentations.0.max_size=128",
-    "train.checkpointer.period=2", "train.log_period=1",
-]
 
 
 def test_lazy_demo_model_equals_the_yacs_demo_model():
@@ -127,15 +118,6 @@ def test_lazy_eval_only_loads_weights_in_any_format(tmp_path):
 def test_lazy_training_in_two_cpu_processes(tmp_path):
     log = run_train_net_process("--config-file", LAZY_DEMO, "--num-gpus", "2", *LAZY_TINY, f"train.output_dir={tmp_path}", "train.max_iter=2")
     assert max(_iterations(log)) == 1 and os.path.isfile(tmp_path / "model_final.pth")
-
-
-def own_coco_files():
-    """The tiny shapes splits' files, as a user's own COCO-format dataset (json + image folder)."""
-    files = []
-    for name in ("shapes_tiny_train", "shapes_tiny_val"):
-        generate_split(default_root(), SPLITS[name])
-        files.append(split_paths(default_root(), SPLITS[name]))
-    return files
 
 
 @pytest.mark.e2e
