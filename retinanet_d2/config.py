@@ -98,6 +98,14 @@ def add_retinanet_config(cfg: CN) -> CN:
     # logged as validation_loss, validation_loss_cls, validation_loss_box_reg (validation_loss.py);
     # detectron2's writers write every 20 iterations, so a multiple of 20 logs every value.
     node.VALIDATION_LOSS_PERIOD = 0
+    # Sliced inference for large images (modeling/sliced.py): with TILE_SIZE > 0, evaluation and the
+    # Predictor run the model on square tiles of TILE_SIZE pixels of its input (after the test resize;
+    # INPUT.MIN_SIZE_TEST 0 keeps the image's own size) overlapping by TILE_OVERLAP pixels (>= the
+    # largest object, which is then seen whole by one tile), TILE_BATCH_SIZE tiles per forward pass,
+    # and merge their detections into the image's. 0: whole images.
+    node.TILE_SIZE = 0
+    node.TILE_OVERLAP = 128
+    node.TILE_BATCH_SIZE = 4
     return cfg
 
 

@@ -80,7 +80,7 @@ def image_ids(paths: List[str]) -> List[int]:
 class Predictor(DefaultPredictor):
     """detectron2's DefaultPredictor (its attributes, its call: an (H, W, 3) uint8 BGR image ->
     {"instances": detections in the image's pixels}) for a yacs config or a LazyConfig (the call is
-    its own: detectron2's reads yacs keys): the weights
+    its own: detectron2's reads yacs keys), on tiles when sliced inference is on: the weights
     (MODEL.WEIGHTS / train.init_checkpoint) loaded with RetinaNetCheckpointer (every format it reads),
     images resized as at test time, inference under the test AMP setting.
 
@@ -98,6 +98,7 @@ class Predictor(DefaultPredictor):
             )
         if self.parts.input_format not in ("RGB", "BGR"):
             raise ValueError(f"the model's input format must be 'RGB' or 'BGR' for a predictor, got {self.parts.input_format!r}")
+        self.parts.check_tiles()
         self.model = self.parts.build_model().eval()
         self.metadata = MetadataCatalog.get(settings.test_datasets[0]) if settings.test_datasets else None
         load_model_weights(self.model, settings.weights, key=settings.weights_key, require_complete=not allow_random_weights)
@@ -113,7 +114,7 @@ class Predictor(DefaultPredictor):
         height, width = original_image.shape[:2]
         with torch.no_grad(), autocast_if(settings.test_amp, settings.device, settings.amp_dtype):
             image = self.preprocess(original_image).to(next(self.model.parameters()).device)
-            return self.model([{"image": image, "height": height, "width": width}])[0]
+            return self.parts.inference_model(self.model)([{"image": image, "height": height, "width": width}])[0]
 
     def preprocess(self, image_bgr: np.ndarray) -> torch.Tensor:
         """(H, W, 3) BGR image -> (3, H', W') float tensor in the model's format, resized as at test time

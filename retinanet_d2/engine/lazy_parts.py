@@ -4,8 +4,9 @@
 ``train`` is detectron2's ``common/train.py`` plus this project's optional keys, each defaulting to
 the yacs key of the same meaning (config.DEFAULTS): ``amp.dtype`` and ``amp.test``
 (MODEL.FOCAL_RETINANET.AMP_DTYPE / TEST_AMP), ``best_checkpointer`` (val_metric, mode),
-``validation_loss_period``, ``tta`` (enabled, min_sizes, max_size, flip: TEST.AUG) and
-``precise_bn`` (enabled, num_iter: TEST.PRECISE_BN)."""
+``validation_loss_period``, ``tta`` (enabled, min_sizes, max_size, flip: TEST.AUG),
+``precise_bn`` (enabled, num_iter: TEST.PRECISE_BN) and ``tiles`` (size, overlap, batch_size:
+MODEL.FOCAL_RETINANET.TILE_*)."""
 import copy
 import os
 from typing import Dict, Iterable, List
@@ -29,11 +30,12 @@ from .settings import RunSettings
 LAZY_TRAIN_KEYS = {
     "output_dir", "init_checkpoint", "max_iter", "amp", "ddp", "checkpointer", "eval_period",
     "log_period", "device", "seed", "cudnn_benchmark", "float32_precision", "best_checkpointer",
-    "validation_loss_period", "tta", "precise_bn",
+    "validation_loss_period", "tta", "precise_bn", "tiles",
 }
 LAZY_AMP_KEYS = {"enabled", "dtype", "test"}
 LAZY_TTA_KEYS = {"enabled", "min_sizes", "max_size", "flip"}
 LAZY_PRECISE_BN_KEYS = {"enabled", "num_iter"}
+LAZY_TILES_KEYS = {"size", "overlap", "batch_size"}
 
 
 def _names(node) -> tuple:
@@ -58,6 +60,8 @@ def lazy_settings(cfg) -> RunSettings:
         best={"val_metric": node.BEST_METRIC, "mode": node.BEST_MODE, **train.get("best_checkpointer", {})},
         validation_loss_period=train.get("validation_loss_period", node.VALIDATION_LOSS_PERIOD),
         tta={**tta, "min_sizes": tuple(tta["min_sizes"])},
+        tiles={"size": node.TILE_SIZE, "overlap": node.TILE_OVERLAP, "batch_size": node.TILE_BATCH_SIZE,
+               **train.get("tiles", {})},
         precise_bn={"enabled": test.PRECISE_BN.ENABLED, "num_iter": test.PRECISE_BN.NUM_ITER, **train.get("precise_bn", {})},
         train_datasets=_names(cfg.dataloader.train) if "train" in cfg.dataloader else (),
         test_datasets=_names(cfg.dataloader.test) if "test" in cfg.dataloader else (),
@@ -70,21 +74,25 @@ def lazy_settings(cfg) -> RunSettings:
 class LazyParts(RunParts):
     """A LazyConfig's run parts, instantiated from its nodes as lazyconfig_train_net.py does."""
 
+    TILE_KEYS = {"tile_size": "train.tiles.size", "overlap": "train.tiles.overlap", "batch_size": "train.tiles.batch_size"}
+
     def __init__(self, cfg):
         super().__init__(cfg, lazy_settings(cfg))
 
     def check_values(self) -> None:
         cfg, train = self.cfg, self.cfg.train
         unknown = [f"train.{k}" for k in sorted(set(train) - LAZY_TRAIN_KEYS)]
-        for key, known in (("amp", LAZY_AMP_KEYS), ("tta", LAZY_TTA_KEYS), ("precise_bn", LAZY_PRECISE_BN_KEYS)):
+        for key, known in (("amp", LAZY_AMP_KEYS), ("tta", LAZY_TTA_KEYS), ("precise_bn", LAZY_PRECISE_BN_KEYS),
+                           ("tiles", LAZY_TILES_KEYS)):
             unknown += sorted(f"train.{key}.{k}" for k in set(train.get(key, {})) - known)
         if unknown:
             raise ValueError(
                 f"unknown key(s) in train: {', '.join(unknown)} (known: {', '.join(sorted(LAZY_TRAIN_KEYS))}; "
                 f"train.amp: {', '.join(sorted(LAZY_AMP_KEYS))}; train.tta: {', '.join(sorted(LAZY_TTA_KEYS))}; "
-                f"train.precise_bn: {', '.join(sorted(LAZY_PRECISE_BN_KEYS))})"
+                f"train.precise_bn: {', '.join(sorted(LAZY_PRECISE_BN_KEYS))}; train.tiles: {', '.join(sorted(LAZY_TILES_KEYS))})"
             )
         one_of("train.best_checkpointer.mode", self.settings.best["mode"], BEST_MODES)
+        self.check_tiles()
         batch = cfg.dataloader.get("train", {}).get("total_batch_size")
         positive([("train.max_iter", train.max_iter), ("train.checkpointer.period", train.get("checkpointer", {}).get("period")),
                   ("dataloader.train.total_batch_size", batch)])

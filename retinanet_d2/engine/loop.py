@@ -52,8 +52,8 @@ class LoaderFromStart:
 
 def test(parts: RunParts, model: nn.Module) -> Dict:
     """Evaluate ``model`` on each test dataset with its evaluator (datasets without one are skipped)
-    under autocast with the test AMP setting; with test-time augmentation on, the augmented model
-    too, its metrics under "<task>_TTA" (as detectron2's R-CNN TTA reports them). Results by dataset,
+    under autocast with the test AMP setting, on tiles when sliced inference is on; with test-time
+    augmentation on, the augmented (whole-image) model too, its metrics under "<task>_TTA" (as detectron2's R-CNN TTA reports them). Results by dataset,
     or one dataset's results alone, as DefaultTrainer.test returns them."""
     settings, results = parts.settings, OrderedDict()
     with autocast_if(settings.test_amp, settings.device, settings.amp_dtype):
@@ -63,7 +63,7 @@ def test(parts: RunParts, model: nn.Module) -> Dict:
             if evaluator is None:
                 logger.warning(f"no evaluator for {name}: not evaluated")
                 continue
-            results[name] = inference_on_dataset(model, loader, evaluator)
+            results[name] = inference_on_dataset(parts.inference_model(model), loader, evaluator)
             if settings.tta["enabled"]:
                 tta = {key: settings.tta[key] for key in ("min_sizes", "max_size", "flip")}
                 augmented = inference_on_dataset(FocalRetinaNetWithTTA(model, **tta), loader, parts.build_evaluator(name, tta=True))

@@ -8,7 +8,9 @@ from torch import nn
 
 import detectron2.data.transforms as T
 
+from ..config import naming_config_keys
 from ..data import check_dataset_files, check_num_classes, check_same_classes
+from ..modeling.sliced import SlicedInference, check_tiles
 from .settings import RunSettings
 
 
@@ -67,6 +69,23 @@ class RunParts(abc.ABC):
     @abc.abstractmethod
     def save_config(self, path: str) -> None:
         """Write the config to ``path`` atomically."""
+
+    TILE_KEYS: Dict[str, str] = {}  # SlicedInference's argument -> the config key it comes from
+
+    def check_tiles(self) -> None:
+        """With sliced inference on, ValueError naming the config key (TILE_KEYS) of a tile setting
+        that makes no tiling."""
+        tiles = self.settings.tiles
+        if tiles["size"] > 0:
+            with naming_config_keys(self.TILE_KEYS):
+                check_tiles(tiles["size"], tiles["overlap"], tiles["batch_size"])
+
+    def inference_model(self, model: nn.Module) -> nn.Module:
+        """``model``, or with sliced inference on, ``model`` run on tiles (modeling/sliced.py)."""
+        tiles = self.settings.tiles
+        if tiles["size"] <= 0:
+            return model
+        return SlicedInference(model, tile_size=tiles["size"], overlap=tiles["overlap"], batch_size=tiles["batch_size"])
 
     def checked_training_records(self) -> List[Dict]:
         """training_records with the datasets' files checked (data/checks.py) and their class count

@@ -26,6 +26,7 @@ class RunSettings:
     best: Dict  # ResumableBestCheckpointer's val_metric and mode ("" val_metric: none)
     validation_loss_period: int
     tta: Dict  # enabled, min_sizes, max_size, flip (modeling/tta.py)
+    tiles: Dict  # size (0: whole images), overlap, batch_size (modeling/sliced.py)
     precise_bn: Dict  # enabled, num_iter (detectron2's PreciseBN hook, where the model has BatchNorm)
     train_datasets: Tuple[str, ...]
     test_datasets: Tuple[str, ...]

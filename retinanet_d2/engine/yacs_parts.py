@@ -38,6 +38,7 @@ def yacs_settings(cfg) -> RunSettings:
         validation_loss_period=node.VALIDATION_LOSS_PERIOD,
         tta={"enabled": cfg.TEST.AUG.ENABLED, "min_sizes": tuple(cfg.TEST.AUG.MIN_SIZES),
              "max_size": cfg.TEST.AUG.MAX_SIZE, "flip": cfg.TEST.AUG.FLIP},
+        tiles={"size": node.TILE_SIZE, "overlap": node.TILE_OVERLAP, "batch_size": node.TILE_BATCH_SIZE},
         precise_bn={"enabled": cfg.TEST.PRECISE_BN.ENABLED, "num_iter": cfg.TEST.PRECISE_BN.NUM_ITER},
         train_datasets=tuple(cfg.DATASETS.TRAIN), test_datasets=tuple(cfg.DATASETS.TEST),
         num_classes=cfg.MODEL.RETINANET.NUM_CLASSES, num_classes_key="MODEL.RETINANET.NUM_CLASSES",
@@ -47,6 +48,9 @@ def yacs_settings(cfg) -> RunSettings:
 
 class YacsParts(RunParts):
     """A yacs config's run parts, built by detectron2's builders from detectron2's keys."""
+
+    TILE_KEYS = {"tile_size": "MODEL.FOCAL_RETINANET.TILE_SIZE", "overlap": "MODEL.FOCAL_RETINANET.TILE_OVERLAP",
+                 "batch_size": "MODEL.FOCAL_RETINANET.TILE_BATCH_SIZE"}
 
     def __init__(self, cfg):
         """cfg: a yacs CfgNode; its batch size and learning rate are scaled to the world size as
@@ -59,6 +63,7 @@ class YacsParts(RunParts):
         positive([("SOLVER.MAX_ITER", cfg.SOLVER.MAX_ITER), ("SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH),
                   ("SOLVER.CHECKPOINT_PERIOD", cfg.SOLVER.CHECKPOINT_PERIOD)])
         one_of("MODEL.FOCAL_RETINANET.BEST_MODE", retinanet_node(cfg).BEST_MODE, BEST_MODES)
+        self.check_tiles()
 
     def build_model(self) -> torch.nn.Module:
         return build_model(self.cfg)

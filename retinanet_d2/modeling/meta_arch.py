@@ -328,6 +328,15 @@ class FocalRetinaNet(DenseDetector):
         return {"loss_cls": sums.cls / normalizer, "loss_box_reg": sums.box / normalizer}
 
     # ---------------------------------------------------------------- inference
+    @torch.jit.unused  # for the Python wrappers (TTA, tiles); a scripted model uses forward
+    def detect_unscaled(self, images: List[Tensor]) -> List[Instances]:
+        """Detections of (3, H, W) images (the model's input format and scale) in their own pixels,
+        before detector_postprocess: DenseDetector.forward's inference without its last step."""
+        batch = self.preprocess_image([{"image": image} for image in images])
+        features = self.backbone(batch.tensor)
+        features = [features[f] for f in self.head_in_features]
+        return self.forward_inference(batch, features, self.head(features))
+
     def forward_inference(
         self, images: ImageList, features: List[Tensor], predictions: Tuple[List[Tensor], List[Tensor]]
     ) -> List[Instances]:

@@ -57,7 +57,7 @@ class FocalRetinaNetWithTTA(nn.Module):
         boxes, scores, classes = [], [], []
         for start in range(0, len(augmented), self.batch_size):
             chunk = augmented[start : start + self.batch_size]
-            for x, instances in zip(chunk, self.raw_detections([x["image"] for x in chunk])):
+            for x, instances in zip(chunk, self.model.detect_unscaled([x["image"] for x in chunk])):
                 instances = instances.to("cpu")
                 original = x["transforms"].inverse().apply_box(instances.pred_boxes.tensor.numpy())
                 boxes.append(torch.as_tensor(original, dtype=torch.float32))
@@ -70,12 +70,3 @@ class FocalRetinaNetWithTTA(nn.Module):
         nonempty = merged.nonempty()
         return Instances((image_input["height"], image_input["width"]), pred_boxes=merged[nonempty],
                          scores=scores[keep][nonempty], pred_classes=classes[keep][nonempty])
-
-    def raw_detections(self, images: List[torch.Tensor]) -> List[Instances]:
-        """The model's detections of (3, H, W) images in their own pixels, before detector_postprocess
-        (DenseDetector.forward's inference without its last step)."""
-        model = self.model
-        batch = model.preprocess_image([{"image": image} for image in images])
-        features = model.backbone(batch.tensor)
-        features = [features[f] for f in model.head_in_features]
-        return model.forward_inference(batch, features, model.head(features))
