@@ -262,3 +262,15 @@ def test_predict_names_an_output_folder_it_cannot_create_before_loading_a_model(
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(NotADirectoryError, match=rf"--output {tmp_path / 'a_file' / 'out'}: cannot create it"):
         require_writable_folder(str(tmp_path / "a_file" / "out"), "--output")
+
+
+@pytest.mark.e2e
+def test_a_bad_test_set_fails_before_training_not_at_its_first_evaluation(tmp_path):
+    write_image(tmp_path / "a.png", size=(64, 64))
+    empty = write_coco(tmp_path, [image_record(1, "a.png", width=64, height=64)], [])
+    register_coco_instances("unlabelled_val", {}, str(empty), str(tmp_path))  # as a user's own script registers it
+    out = tmp_path / "run"
+    with pytest.raises(DatasetError, match=r"no annotations"):
+        train_net_main("--config-file", INSTANT, "DATASETS.TEST", "('unlabelled_val',)", "SOLVER.MAX_ITER", "2",
+                       "OUTPUT_DIR", str(out))
+    assert not (out / "metrics.json").exists() and not (out / "model_final.pth").exists()

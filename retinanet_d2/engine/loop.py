@@ -27,6 +27,7 @@ from ..amp import autocast_if, warn_if_emulated
 from ..checkpoint import RetinaNetCheckpointer
 from ..checkpoint.best import ResumableBestCheckpointer
 from ..compat import create_ddp_model
+from ..data import check_dataset_files
 from ..modeling.tta import FocalRetinaNetWithTTA
 from ..schedule import config_learning_rates, restore_config_learning_rates
 from ..validation_loss import ValidationLoss
@@ -53,8 +54,9 @@ class LoaderFromStart:
 def test(parts: RunParts, model: nn.Module) -> Dict:
     """Evaluate ``model`` on each test dataset with its evaluator (datasets without one are skipped)
     under autocast with the test AMP setting, on tiles when sliced inference is on; with test-time
-    augmentation on, the augmented (whole-image) model too, its metrics under "<task>_TTA" (as detectron2's R-CNN TTA reports them). Results by dataset,
-    or one dataset's results alone, as DefaultTrainer.test returns them."""
+    augmentation on, the augmented (whole-image) model too, its metrics under "<task>_TTA" (as
+    detectron2's R-CNN TTA reports them). Results by dataset, or one dataset's results alone, as
+    DefaultTrainer.test returns them."""
     settings, results = parts.settings, OrderedDict()
     with autocast_if(settings.test_amp, settings.device, settings.amp_dtype):
         for name in settings.test_datasets:
@@ -82,6 +84,8 @@ def train(parts: RunParts, model: nn.Module, *, resume: bool) -> Dict:
     logger.info(f"Model:\n{model}")
     optimizer = parts.build_optimizer(model)
     records = parts.checked_training_records()
+    for name in settings.test_datasets:  # a bad test set fails now, not after hours of training
+        check_dataset_files(name)
     loader = LoaderFromStart(lambda start: parts.build_train_loader(records, start))
     if settings.train_amp or settings.test_amp:
         warn_if_emulated(settings.device, settings.amp_dtype)
