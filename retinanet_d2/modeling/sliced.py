@@ -50,7 +50,7 @@ def check_tiles(tile_size: int, overlap: int, batch_size: int) -> None:
     if tile_size <= 0:
         raise ValueError(f"tile_size must be > 0, got {tile_size}")
     if not 0 <= overlap < tile_size:
-        raise ValueError(f"overlap must be >= 0 and smaller than tile_size {tile_size}, got {overlap}")
+        raise ValueError(f"overlap must be >= 0 and smaller than the tile size ({tile_size}), got {overlap}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
