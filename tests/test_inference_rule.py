@@ -89,10 +89,11 @@ def test_each_ablation_config_means_what_its_name_says(path):
         scales, ratios = int(m.group(1)), int(m.group(2))
         assert node.SCALES_PER_OCTAVE == scales and len(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]) == ratios
         assert build_model_anchor_count(cfg) == scales * ratios
-    elif m := re.fullmatch(r"t1d_ohem_(plain|1to3)_batch(\d+)_R101", name):
-        assert (node.LOSS, node.OHEM_BATCH_SIZE_PER_IMAGE, cfg.MODEL.RESNETS.DEPTH) == ("ohem", int(m.group(2)), 101)
+    elif m := re.fullmatch(r"t1d_ohem_(plain|1to3)_nms([\d.]+)_batch(\d+)_R101", name):
+        assert (node.LOSS, node.OHEM_BATCH_SIZE_PER_IMAGE, cfg.MODEL.RESNETS.DEPTH) == ("ohem", int(m.group(3)), 101)
         assert node.OHEM_FG_FRACTION == (0.25 if m.group(1) == "1to3" else -1.0)
-        assert (retina.FOCAL_LOSS_GAMMA, retina.FOCAL_LOSS_ALPHA, node.OHEM_NMS_THRESH) == (0.0, -1.0, 0.7)  # plain CE
+        assert node.OHEM_NMS_THRESH == float(m.group(2))
+        assert (retina.FOCAL_LOSS_GAMMA, retina.FOCAL_LOSS_ALPHA) == (0.0, -1.0)  # plain CE
     elif m := re.fullmatch(r"t1e_R(\d+)_(\d+)", name):
         size = int(m.group(2))
         assert cfg.MODEL.RESNETS.DEPTH == int(m.group(1))
