@@ -12,7 +12,7 @@ from detectron2.engine import HookBase, TrainerBase
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from helpers import INSTANT, cpuinfo_files, image_with_boxes, run_train_net, tiny_cfg, well_scaled_model
+from helpers import INSTANT, cpuinfo_files, image_with_boxes, run_train_net, tiny_cfg, train_net_main, well_scaled_model
 import retinanet_d2
 from retinanet_d2.amp import autocast_if, cpu_has_units_for, emulated_autocast
 from retinanet_d2.engine import evaluate, run_parts, train
@@ -176,10 +176,14 @@ def test_the_engines_step_trainers_run_hooks_after_backward(amp):
     assert seen == [True, True]
 
 
-def test_float16_training_on_cpu_is_refused_by_key():
-    cfg = retinanet_d2.load_config(INSTANT, ["SOLVER.AMP.ENABLED", "True", "MODEL.FOCAL_RETINANET.AMP_DTYPE", "float16"])
+def test_float16_training_on_cpu_is_refused_by_key_before_the_output_folder_is_touched(tmp_path):
+    overrides = ["SOLVER.AMP.ENABLED", "True", "MODEL.FOCAL_RETINANET.AMP_DTYPE", "float16"]
+    cfg = retinanet_d2.load_config(INSTANT, overrides)
     with pytest.raises(ValueError, match="float16 mixed-precision training needs CUDA.*AMP_DTYPE bfloat16"):
         build_step_trainer(build_model(cfg), [], None, yacs_settings(cfg))
+    with pytest.raises(ValueError, match="float16 mixed-precision training needs CUDA"):
+        train_net_main("--config-file", INSTANT, *overrides, "OUTPUT_DIR", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 def _train(tmp_path, amp: bool, max_iter: int, resume: bool):

@@ -25,6 +25,7 @@ from ..validation_loss import instantiate_validation_loader
 from .parts import RunParts
 from .run_setup import BEST_MODES, one_of, positive
 from .settings import RunSettings
+from .step import check_step_precision
 
 # Keys of detectron2's LazyConfig ``train`` node (configs/common/train.py) and this project's.
 LAZY_TRAIN_KEYS = {
@@ -93,6 +94,7 @@ class LazyParts(RunParts):
             )
         one_of("train.best_checkpointer.mode", self.settings.best["mode"], BEST_MODES)
         self.check_tiles()
+        check_step_precision(self.settings)
         batch = cfg.dataloader.get("train", {}).get("total_batch_size")
         positive([("train.max_iter", train.max_iter), ("train.checkpointer.period", train.get("checkpointer", {}).get("period")),
                   ("dataloader.train.total_batch_size", batch)])

@@ -33,16 +33,22 @@ class AutocastTrainer(SimpleTrainer):
         super().__init__(AutocastForward(model, device_type, torch.bfloat16), data_loader, optimizer)
 
 
+def check_step_precision(settings: RunSettings) -> None:
+    """ValueError for float16 training off CUDA: detectron2's AMPTrainer (the step with a grad scaler)
+    needs CUDA; a CPU trains in bfloat16."""
+    if settings.train_amp and settings.amp_dtype == torch.float16 and settings.device != "cuda":
+        raise ValueError("float16 mixed-precision training needs CUDA (detectron2's AMPTrainer with its grad scaler); "
+                         "on a CPU use bfloat16 (MODEL.FOCAL_RETINANET.AMP_DTYPE bfloat16 / train.amp.dtype=bfloat16)")
+
+
 def build_step_trainer(model, data_loader, optimizer, settings: RunSettings) -> SimpleTrainer:
-    """SimpleTrainer in float32; under AMP, detectron2's AMPTrainer for float16 (CUDA only: ValueError
-    on CPU, where float16 has no loss-scaling step) or AutocastTrainer for bfloat16."""
+    """SimpleTrainer in float32; under AMP, detectron2's AMPTrainer for float16 (CUDA only, see
+    check_step_precision) or AutocastTrainer for bfloat16."""
+    check_step_precision(settings)
     if not settings.train_amp:
         return SimpleTrainer(model, data_loader, optimizer)
     if settings.amp_dtype == torch.bfloat16:
         return AutocastTrainer(model, data_loader, optimizer, device_type=settings.device)
-    if settings.device != "cuda":
-        raise ValueError("float16 mixed-precision training needs CUDA (detectron2's AMPTrainer with its grad scaler); "
-                         "on a CPU use bfloat16 (MODEL.FOCAL_RETINANET.AMP_DTYPE bfloat16 / train.amp.dtype=bfloat16)")
     return AMPTrainer(model, data_loader, optimizer, grad_scaler=torch.amp.GradScaler("cuda"))
 
 

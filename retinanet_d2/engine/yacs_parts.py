@@ -22,6 +22,7 @@ from ..validation_loss import build_validation_loader
 from .parts import RunParts
 from .run_setup import BEST_MODES, one_of, positive
 from .settings import RunSettings
+from .step import check_step_precision
 
 
 def yacs_settings(cfg) -> RunSettings:
@@ -64,6 +65,7 @@ class YacsParts(RunParts):
                   ("SOLVER.CHECKPOINT_PERIOD", cfg.SOLVER.CHECKPOINT_PERIOD)])
         one_of("MODEL.FOCAL_RETINANET.BEST_MODE", retinanet_node(cfg).BEST_MODE, BEST_MODES)
         self.check_tiles()
+        check_step_precision(self.settings)
 
     def build_model(self) -> torch.nn.Module:
         return build_model(self.cfg)
