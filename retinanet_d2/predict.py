@@ -102,6 +102,7 @@ class Predictor(DefaultPredictor):
         self.model = self.parts.build_model().eval()
         self.metadata = MetadataCatalog.get(settings.test_datasets[0]) if settings.test_datasets else None
         load_model_weights(self.model, settings.weights, key=settings.weights_key, require_complete=not allow_random_weights)
+        self.runner = self.parts.inference_model(self.model)  # the model, or the model on tiles
         self.aug = self.parts.test_resize()
         self.input_format = self.parts.input_format
         if settings.test_amp:
@@ -114,7 +115,7 @@ class Predictor(DefaultPredictor):
         height, width = original_image.shape[:2]
         with torch.no_grad(), autocast_if(settings.test_amp, settings.device, settings.amp_dtype):
             image = self.preprocess(original_image).to(next(self.model.parameters()).device)
-            return self.parts.inference_model(self.model)([{"image": image, "height": height, "width": width}])[0]
+            return self.runner([{"image": image, "height": height, "width": width}])[0]
 
     def preprocess(self, image_bgr: np.ndarray) -> torch.Tensor:
         """(H, W, 3) BGR image -> (3, H', W') float tensor in the model's format, resized as at test time
